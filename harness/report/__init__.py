@@ -1,0 +1,1 @@
+"""Reports: sweep results → pandas tables, paper-style Markdown, HTML and seaborn figures."""
