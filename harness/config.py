@@ -108,20 +108,9 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    output_dir: str = "${hydra:runtime.output_dir}"
     fault: str | None = None  # test-only fault injection: raise | exit | kill
 
 
 def register_configs() -> None:
-    """Register the schema of every config group so Hydra validates ``conf/`` against it."""
-    cs = ConfigStore.instance()
-    cs.store(name="job_schema", node=JobConfig)
-    for group, node in [
-        ("model", ModelConfig),
-        ("quant", QuantConfig),
-        ("lora", LoraConfig),
-        ("train", TrainConfig),
-        ("data", DataConfig),
-        ("eval", EvalConfig),
-    ]:
-        cs.store(group=group, name=f"{group}_schema", node=node)
+    """Register the schema that ``conf/config.yaml`` builds on, so Hydra validates every group against it."""
+    ConfigStore.instance().store(name="job_schema", node=JobConfig)

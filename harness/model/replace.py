@@ -1,0 +1,108 @@
+"""Replace a model's linear layers by frozen layers of one storage type (the harness quantizes modules itself).
+
+transformers' ``BitsAndBytesConfig`` has no block-size option, so every storage type goes through this
+one path: walk the ``nn.Linear`` modules, quantize each weight on the target device, swap the module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.quant import frozen_linear, storage_bytes
+
+
+@dataclass
+class QuantizationSummary:
+    storage: str
+    blocksize: int
+    double_quant: bool
+    weight_bytes: int  # bytes of the quantized layers' weight storage, measured from their tensors
+    quantized_params: int
+    bits_per_param: float
+    layers: int
+    skipped: list[str]
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Full names of every ``nn.Linear`` in the model, in module order."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def _is_skipped(name: str, skip_modules: list[str]) -> bool:
+    return any(name == skip or name.endswith(f".{skip}") for skip in skip_modules)
+
+
+def quantizable_layer_names(model: nn.Module, skip_modules: list[str]) -> list[str]:
+    """The linear layers a storage type will replace: all but ``skip_modules`` (lm_head by default)."""
+    return [name for name in linear_module_names(model) if not _is_skipped(name, skip_modules)]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def replace_linear_layers(
+    model: nn.Module,
+    storage: str,
+    blocksize: int,
+    double_quant: bool,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    skip_modules: list[str],
+) -> QuantizationSummary:
+    """Quantize every linear layer except ``skip_modules`` in place, one layer at a time on ``device``.
+
+    Layer-by-layer keeps peak memory near the quantized size instead of holding a full-precision copy
+    of the whole model on the accelerator. Everything else (embeddings, norms, skipped layers) is frozen
+    and moved to ``device`` in ``compute_dtype``.
+    """
+    targets = quantizable_layer_names(model, skip_modules)
+    skipped = [n for n in linear_module_names(model) if n not in targets]
+    total_bytes = total_params = 0
+    for name in tqdm(targets, desc=f"quantize {storage}", unit="layer", leave=False):
+        linear = model.get_submodule(name).to(device)
+        frozen = frozen_linear(linear, storage, blocksize, double_quant, compute_dtype)
+        _set_submodule(model, name, frozen)
+        nbytes, nparams = storage_bytes(frozen)
+        total_bytes += nbytes
+        total_params += nparams
+    for param in model.parameters():
+        param.requires_grad_(False)
+    _move_unquantized(model, device, compute_dtype, quantized=set(targets))
+    return QuantizationSummary(
+        storage=storage,
+        blocksize=blocksize,
+        double_quant=double_quant,
+        weight_bytes=total_bytes,
+        quantized_params=total_params,
+        bits_per_param=8 * total_bytes / total_params if total_params else float("nan"),
+        layers=len(targets),
+        skipped=skipped,
+    )
+
+
+def _move_unquantized(model: nn.Module, device: torch.device, dtype: torch.dtype, quantized: set[str]) -> None:
+    """Move the layers that were not quantized to ``device`` and cast their floating parameters to ``dtype``.
+
+    The quantized layers were built on ``device`` already and are left alone: ``model.to(dtype)`` would
+    cast their fp32 quantization constants. Tied parameters (lm_head and embeddings) stay tied.
+    """
+    moved: dict[int, nn.Parameter] = {}
+    for name, module in model.named_modules():
+        if name in quantized:
+            continue
+        for key, param in module._parameters.items():
+            if param is None:
+                continue
+            if id(param) not in moved:
+                target = dtype if param.is_floating_point() else param.dtype
+                moved[id(param)] = nn.Parameter(param.data.to(device, target), requires_grad=False)
+            module._parameters[key] = moved[id(param)]
+        for key, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[key] = buf.to(device)

@@ -1,0 +1,1 @@
+"""Training: optimizers, the loop over LoRA parameters, throughput and memory meters."""

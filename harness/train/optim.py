@@ -1,0 +1,34 @@
+"""Optimizers the paper uses: AdamW, and bitsandbytes' paged AdamW (32-bit or 8-bit state) on CUDA."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.config import TrainConfig
+
+OPTIMIZERS = ("adamw", "paged_adamw_32bit", "paged_adamw_8bit")
+
+
+class OptimizerError(ValueError):
+    """Unknown optimizer, or a paged one on a device without CUDA."""
+
+
+def validate_optimizer(name: str, device: torch.device) -> None:
+    if name not in OPTIMIZERS:
+        raise OptimizerError(f"train.optimizer={name!r} is not one of {OPTIMIZERS}")
+    if name.startswith("paged_") and device.type != "cuda":
+        raise OptimizerError(
+            f"train.optimizer={name!r} pages optimizer state through CUDA unified memory and needs a CUDA "
+            f"device; this job runs on {device.type}: use train.optimizer=adamw"
+        )
+
+
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the paper's beta2 0.999; constant learning rate (no scheduler object needed)."""
+    kwargs = {"lr": cfg.lr, "betas": (0.9, cfg.adam_beta2), "weight_decay": cfg.weight_decay}
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    import bitsandbytes as bnb
+
+    paged = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}
+    return paged[cfg.optimizer](params, **kwargs)

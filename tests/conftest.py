@@ -1,0 +1,35 @@
+"""Shared fixtures: offline Hugging Face settings and Hydra composition of the real conf/ tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from harness.config import register_configs
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing in the test suite may reach the Hugging Face hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
+def job_config():
+    """Compose a job config from conf/ exactly as ``qlora-bench`` would, with overrides."""
+    register_configs()
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return _compose
+
+
+TINY_JOB = ("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=128")

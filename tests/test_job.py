@@ -1,0 +1,129 @@
+"""One job end to end on the tiny model: real quantization, real LoRA training, a valid result.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from harness.config import DataConfig, LoraConfig, TrainConfig
+from harness.data.instruct import load_records, tokenize_records
+from harness.job import run_job
+from harness.model.lora import attach_lora, resolve_targets
+from harness.model.replace import quantizable_layer_names, replace_linear_layers
+from harness.model.tiny import build_tiny_model
+from harness.quant import QuantLinear
+from harness.result import read_result
+from harness.train.loop import train
+from tests.conftest import TINY_JOB
+
+FOUR_BIT_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}
+
+
+@pytest.mark.parametrize("storage", ["nf4", "fp4", "int4", "bf16", "fp32"])
+def test_job_writes_valid_result_for_each_storage(job_config, tmp_path, storage):
+    """Each storage type trains on the tiny model and records metrics in result.json."""
+    cfg = job_config(*TINY_JOB, f"quant.storage={storage}", "quant.double_quant=false")
+    result = run_job(cfg, tmp_path)
+    assert result["status"] == "ok", result.get("error")
+    record = read_result(tmp_path / "result.json")
+    assert record["config"]["quant"]["storage"] == storage
+    assert record["train"]["steps"] == 12 and record["train"]["tokens_per_s"] > 0
+    assert len(record["train"]["loss"]) == 12
+    assert record["train"]["peak_memory_bytes"] > 0 and record["train"]["peak_memory_kind"] == "rss"
+    assert record["lora"]["trainable_params"] > 0
+    assert record["env"]["device"] == "cpu" and record["env"]["torch"]
+    expected_bits = {"bf16": 16, "fp32": 32}.get(storage, FOUR_BIT_BITS[False])
+    # the tiny model's weights are small, so the codebook's fixed bytes add a little
+    assert expected_bits <= record["quant"]["bits_per_param"] < expected_bits * 1.03
+    assert set(record["timings_s"]) >= {"load", "quantize", "train", "total"}
+
+
+def test_loss_falls_on_synthetic_task(job_config, tmp_path):
+    """A few dozen steps of NF4 QLoRA on the memorisable task clearly lower the loss."""
+    cfg = job_config(*TINY_JOB, "train.steps=36", "lora.dropout=0.0")
+    result = run_job(cfg, tmp_path)
+    assert result["status"] == "ok", result.get("error")
+    loss = result["train"]["loss"]
+    assert sum(loss[-4:]) / 4 < 0.6 * sum(loss[:4]) / 4
+
+
+def test_only_lora_moves_and_base_stays_packed():
+    """After training, the base weights are the same packed bytes and only LoRA parameters changed."""
+    model, tokenizer = build_tiny_model()
+    names = quantizable_layer_names(model, ["lm_head"])
+    summary = replace_linear_layers(model, "nf4", 64, True, torch.float32, torch.device("cpu"), ["lm_head"])
+    assert summary.layers == len(names) and summary.weight_bytes * 8 / summary.quantized_params < 4.6
+    packed = {n: b.clone() for n, b in model.named_buffers()}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    peft_model = attach_lora(model, LoraConfig(r=8, dropout=0.0), resolve_targets("all-linear", names), 0)
+    data_cfg = DataConfig(num_synthetic=64)
+    examples = tokenize_records(load_records(data_cfg), tokenizer, data_cfg, 64)
+    train(peft_model, examples, TrainConfig(steps=3, batch_size=4, lr=1e-2), tokenizer.pad_token_id,
+          torch.device("cpu"), seed=0)
+    quant_layers = [m for m in peft_model.modules() if isinstance(m, QuantLinear)]
+    assert len(quant_layers) == len(names)
+    for name, buf in peft_model.named_buffers():
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(buf, packed[key]), name
+    moved = {n for n, p in peft_model.named_parameters() if "lora_" in n}
+    for name, param in peft_model.named_parameters():
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if name in moved:
+            assert param.requires_grad
+        else:
+            assert not param.requires_grad and torch.equal(param, frozen[key]), name
+    assert any(not torch.all(p == 0) for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("quant.storage=nf5", "nf5"),
+        ("quant.blocksize=48", "48"),
+        ("lora.r=0", "lora.r=0"),
+        ("lora.targets=[nope_proj]", "q_proj"),
+        ("train.seq_len=100000", "100000"),
+        ("model.name_or_path=/does/not/exist", "/does/not/exist"),
+        ("data.source=/does/not/exist.json", "/does/not/exist.json"),
+        ("train.optimizer=paged_adamw_8bit", "CUDA"),
+    ],
+)
+def test_bad_input_fails_with_clear_message(job_config, tmp_path, override, message):
+    """Bad input is a failed result naming the value, written before any training happens."""
+    result = run_job(job_config(*TINY_JOB, override), tmp_path)
+    assert result["status"] == "failed"
+    assert message in result["error"]["message"]
+    assert "train" not in result and read_result(tmp_path / "result.json")["status"] == "failed"
+
+
+def test_dataset_missing_field_is_named(job_config, tmp_path):
+    """A record without the output field names the field and what the record has."""
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": "hi", "response": "there"}]))
+    result = run_job(job_config(*TINY_JOB, f"data.source={data}"), tmp_path / "job")
+    assert result["status"] == "failed" and "['output']" in result["error"]["message"]
+
+
+def test_misspelt_key_fails_at_composition(job_config):
+    """A typo in a key or a wrong type fails when Hydra composes the config, before anything runs."""
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        job_config("quant.storag=nf4")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        job_config("lora.r=many")
+
+
+def test_failed_job_exits_nonzero_from_cli(tmp_path):
+    """The console app exits non-zero and leaves status: failed when its job fails."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from harness.cli import bench; bench()", *TINY_JOB,
+         "quant.storage=nf5", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert read_result(tmp_path / "result.json")["status"] == "failed"

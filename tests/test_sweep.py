@@ -1,0 +1,57 @@
+"""Sweeps: every job in its own process, failures isolated and recorded, resume, the submitit launcher."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.report.table import load_results
+
+BENCH = [sys.executable, "-c", "from harness.cli import bench; bench()"]
+
+
+def _sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*BENCH, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True, timeout=900
+    )
+
+
+def _statuses(sweep_dir: Path) -> dict[str, str]:
+    table = load_results([sweep_dir]).table
+    return {Path(p).parent.name: s for p, s in zip(table["path"], table["status"], strict=True)}
+
+
+def test_smoke_sweep_runs_every_job_ok(tmp_path):
+    """The named smoke sweep finishes with every storage type ok and a summary line."""
+    proc = _sweep(tmp_path, "+sweep=smoke")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    statuses = _statuses(tmp_path)
+    assert sorted(statuses) == sorted(f"quant.storage={s}" for s in ("bf16", "nf4", "fp4", "int4"))
+    assert set(statuses.values()) == {"ok"}
+    assert "4 ok, 0 failed, 0 skipped" in proc.stdout
+
+
+def test_hard_crash_is_isolated_and_resume_skips_finished_jobs(tmp_path):
+    """A job killed by os._exit leaves the others ok and its own record failed; a re-run skips the ok one."""
+    overrides = ("model=tiny", "train=smoke", "train.steps=3", "eval=none", "fault=null,exit")
+    first = _sweep(tmp_path, *overrides)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert _statuses(tmp_path) == {"fault=null": "ok", "fault=exit": "failed"}
+    failed = load_results([tmp_path / "fault=exit"]).table.iloc[0]
+    assert "exited with code 3" in failed["error.message"]
+    assert "1 ok, 1 failed, 0 skipped" in first.stdout
+
+    second = _sweep(tmp_path, *overrides)
+    assert second.returncode == 1
+    assert "0 ok, 1 failed, 1 skipped" in second.stdout
+
+    forced = _sweep(tmp_path, *overrides, "+force=true")
+    assert "1 ok, 1 failed, 0 skipped" in forced.stdout
+
+
+def test_submitit_local_launcher_runs_smoke_sweep(tmp_path):
+    """hydra-submitit-launcher's local launcher (the engine behind Slurm runs) runs the smoke sweep."""
+    proc = _sweep(tmp_path, "+sweep=smoke", "quant.storage=nf4,int4", "hydra/launcher=submitit_local")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(_statuses(tmp_path).values()) == {"ok"} and len(_statuses(tmp_path)) == 2
