@@ -1,0 +1,36 @@
+"""Regression tracking: compare a sweep's results with a committed baseline, per metric and tolerance.
+
+Jobs are matched by a key made of every ``config.*`` column except ``inputs.NON_KEY_COLUMNS``
+(``config.output_dir``, ``config.fault``, ``config.model.cache_dir``, ``config.data.data_dir``,
+``config.eval.include_path``); that is model, quant (storage, blocksize, double_quant, compute_dtype,
+skip_modules), lora (r, alpha, dropout, targets), train (steps, batch_size, seq_len, lr, optimizer, …),
+data (source, …), eval (tasks, limit, …), seed and device. A config column that only one side has
+(a field added since the baseline) is left out of the key and reported. ``env`` (library versions,
+git commit, device name) is never part of the key: a change there is exactly what the gate judges.
+
+Which metrics are compared, which way is better and by how much they may worsen is set by
+``conf/compare/tolerances.yaml`` (see :mod:`harness.compare.tolerances`).
+
+Baselines live in ``reports/baselines/<sweep>/results.csv``. To refresh one after an intended change,
+on the machine CI runs on::
+
+    qlora-bench -m +sweep=smoke hydra.sweep.dir=runs/smoke
+    qlora-report runs/smoke -o reports/baselines/smoke
+    git add reports/baselines/smoke/results.csv && git commit -m "Refresh smoke baseline: <why>"
+
+then check it with ``qlora-compare reports/baselines/smoke/results.csv runs/smoke``.
+"""
+
+from harness.compare.compare import Comparison, Row, compare_results
+from harness.compare.errors import CompareInputError
+from harness.compare.tolerances import Rule, Tolerances, load_tolerances
+
+__all__ = [
+    "CompareInputError",
+    "Comparison",
+    "Row",
+    "Rule",
+    "Tolerances",
+    "compare_results",
+    "load_tolerances",
+]

@@ -1,0 +1,186 @@
+"""Match baseline and current jobs by config and judge every metric against its tolerance."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.compare.errors import CompareInputError
+from harness.compare.inputs import JobKey, job_keys, job_labels, key_columns, load_side
+from harness.compare.tolerances import STDERR_SUFFIX, Rule, Tolerances, load_tolerances
+
+OK, IMPROVED, REGRESSED, INFO = "ok", "improved", "REGRESSED", "info"
+
+
+@dataclass
+class Row:
+    """One verdict: a metric of a job, or the job's status when it failed or exists on one side only."""
+
+    job: str
+    metric: str
+    baseline: float | str | None
+    current: float | str | None
+    delta: float | None
+    allowed: float | None
+    verdict: str
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    """Every row plus what the jobs were matched on; ``exit_code`` is the CI verdict."""
+
+    rows: list[Row]
+    key_columns: list[str]
+    ignored_key_columns: list[str]
+    jobs_baseline: int
+    jobs_current: int
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [row for row in self.rows if row.verdict == REGRESSED]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "verdict": REGRESSED if self.regressions else OK,
+            "exit_code": self.exit_code,
+            "jobs_baseline": self.jobs_baseline,
+            "jobs_current": self.jobs_current,
+            "counts": {
+                v: sum(row.verdict == v for row in self.rows) for v in (OK, IMPROVED, REGRESSED, INFO)
+            },
+            "regressions": [f"{row.job}: {row.metric}" for row in self.regressions],
+            "key_columns": self.key_columns,
+            "ignored_key_columns": self.ignored_key_columns,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "rows": [asdict(row) for row in self.rows]}
+
+
+def compare_results(
+    baseline_paths: Sequence[str | os.PathLike],
+    current_paths: Sequence[str | os.PathLike],
+    tolerances: Tolerances | None = None,
+) -> Comparison:
+    """Compare two sets of results (tables or result.json directories).
+
+    Raises :class:`CompareInputError` for input that cannot be compared: unreadable, empty, a job key
+    used twice on one side, or a baseline job that current lacks.
+    """
+    tolerances = tolerances or load_tolerances()
+    baseline, current = load_side(baseline_paths, "baseline"), load_side(current_paths, "current")
+    columns, ignored = key_columns(baseline, current)
+    base_keys, cur_keys = job_keys(baseline, columns), job_keys(current, columns)
+    labels = job_labels(base_keys + cur_keys, columns)
+    base_jobs = _index(baseline, base_keys, labels, "baseline")
+    cur_jobs = _index(current, cur_keys, labels, "current")
+    missing = [labels[key] for key in base_jobs if key not in cur_jobs]
+    if missing:
+        raise CompareInputError(f"baseline job(s) missing from current: {'; '.join(missing)}")
+    metrics = _metric_rules([baseline, current], tolerances)
+    rows = [
+        row
+        for key, base in base_jobs.items()
+        for row in _compare_job(labels[key], base, cur_jobs[key], metrics, tolerances)
+    ]
+    rows += [
+        Row(labels[key], "job", None, None, None, None, INFO, "only in current")
+        for key in cur_jobs
+        if key not in base_jobs
+    ]
+    return Comparison(rows, columns, ignored, len(base_jobs), len(cur_jobs))
+
+
+def _index(
+    table: pd.DataFrame, keys: list[JobKey], labels: dict[JobKey, str], side: str
+) -> dict[JobKey, pd.Series]:
+    """Rows by job key; two rows with one key would make the comparison ambiguous."""
+    jobs: dict[JobKey, pd.Series] = {}
+    for key, (_, row) in zip(keys, table.iterrows(), strict=True):
+        if key in jobs:
+            paths = [str(r.get("path", "?")) for r in (jobs[key], row)]
+            raise CompareInputError(f"{side}: two results for job {labels[key]} ({', '.join(paths)})")
+        jobs[key] = row
+    return jobs
+
+
+def _metric_rules(tables: list[pd.DataFrame], tolerances: Tolerances) -> dict[str, Rule]:
+    """Every column either side has that some rule matches, in column order, with its rule."""
+    rules = {c: tolerances.rule_for(c) for table in tables for c in table.columns}
+    return {metric: rule for metric, rule in rules.items() if rule is not None}
+
+
+def _compare_job(
+    job: str, base: pd.Series, cur: pd.Series, metrics: dict[str, Rule], tol: Tolerances
+) -> list[Row]:
+    """A failed job has no metrics to compare, so its status is the verdict."""
+    base_ok, cur_ok = base.get("status") == "ok", cur.get("status") == "ok"
+    if base_ok and not cur_ok:
+        return [Row(job, "status", "ok", "failed", None, None, REGRESSED, _error(cur))]
+    if not base_ok:
+        verdict, note = (
+            (IMPROVED, "failed in baseline") if cur_ok else (INFO, f"failed in both: {_error(cur)}")
+        )
+        return [Row(job, "status", "failed", str(cur.get("status")), None, None, verdict, note)]
+    rows = (
+        _compare_metric(job, metric, rule, base, cur, tol.gated(rule, metric))
+        for metric, rule in metrics.items()
+    )
+    return [row for row in rows if row is not None]
+
+
+def _compare_metric(
+    job: str, metric: str, rule: Rule, base: pd.Series, cur: pd.Series, gated: bool
+) -> Row | None:
+    base_value, cur_value = _number(base.get(metric)), _number(cur.get(metric))
+    if base_value is None and cur_value is None:
+        return None
+    if base_value is None:
+        return Row(job, metric, None, cur_value, None, None, INFO, "not in baseline")
+    if cur_value is None:
+        verdict = REGRESSED if gated else INFO
+        return Row(job, metric, base_value, None, None, None, verdict, "missing or NaN in current")
+    delta = cur_value - base_value
+    allowed = rule.allowed(base_value, _stderr(metric, base, cur))
+    worsening = delta if rule.direction == "lower" else -delta
+    if worsening > allowed:
+        verdict = REGRESSED if gated else INFO
+    else:
+        verdict = IMPROVED if -worsening > allowed else OK
+    return Row(job, metric, base_value, cur_value, delta, allowed, verdict, "" if gated else "not gated")
+
+
+def _stderr(metric: str, base: pd.Series, cur: pd.Series) -> float:
+    """Standard error of the difference, from whichever sides report one (0 when neither does)."""
+    errors = [_number(side.get(metric + STDERR_SUFFIX)) for side in (base, cur)]
+    return math.sqrt(sum(e * e for e in errors if e is not None))
+
+
+def _number(value: Any) -> float | None:
+    """A finite-or-infinite float, or None for absent, NaN and non-numeric values (such as CSV'd lists)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def _error(row: pd.Series) -> str:
+    """``Type: message`` of a failed job, for the row's note."""
+    parts = [row.get(c) for c in ("error.type", "error.message")]
+    return ": ".join(p for p in parts if isinstance(p, str) and p) or "no error recorded"

@@ -1,0 +1,128 @@
+"""One side of a comparison: results tables or sweep directories, and the config key of each job.
+
+A job is identified by its ``config.*`` columns, except the ones in :data:`NON_KEY_COLUMNS` (paths that
+differ between machines and runs, and test-only switches). Columns present on only one side, such as
+a config field added after the baseline was recorded, are left out of the key and reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.compare.errors import CompareInputError
+from harness.report.table import load_results
+
+NON_KEY_COLUMNS = (
+    "config.output_dir",  # where the job wrote its result
+    "config.fault",  # test-only fault injection
+    "config.model.cache_dir",  # machine-local cache of converted models
+    "config.data.data_dir",  # machine-local data directory
+    "config.eval.include_path",  # machine-local task directories
+)
+TABLE_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+
+JobKey = tuple[str, ...]
+
+
+def load_side(paths: Sequence[str | os.PathLike], side: str) -> pd.DataFrame:
+    """All jobs of one side as one table; unreadable or empty input raises, naming ``side`` and the path."""
+    if not paths:
+        raise CompareInputError(f"{side}: no input given")
+    return pd.concat([_load_path(Path(path), side) for path in paths], ignore_index=True)
+
+
+def _load_path(path: Path, side: str) -> pd.DataFrame:
+    if not path.exists():
+        raise CompareInputError(f"{side} {path}: no such file or directory")
+    if path.is_file() and path.suffix in TABLE_READERS:
+        return _read_table(path, side)
+    loaded = load_results([path])
+    if loaded.errors:
+        raise CompareInputError(f"{side} {path}: unreadable results:\n  " + "\n  ".join(loaded.errors))
+    if loaded.table.empty:
+        raise CompareInputError(
+            f"{side} {path}: no result.json found (pass a sweep directory, a result.json, or a results "
+            f"table: {' / '.join(TABLE_READERS)})"
+        )
+    return loaded.table
+
+
+def _read_table(path: Path, side: str) -> pd.DataFrame:
+    """A table written by qlora-report; it must hold jobs, each with a status and config columns."""
+    try:
+        table = TABLE_READERS[path.suffix](path)
+    except (OSError, ValueError) as exc:
+        raise CompareInputError(f"{side} {path}: not a readable results table ({exc})") from exc
+    if table.empty or "status" not in table or not any(c.startswith("config.") for c in table.columns):
+        raise CompareInputError(f"{side} {path}: no jobs (a results table needs rows, 'status' and config.*)")
+    return table
+
+
+def key_columns(baseline: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(columns both sides are keyed by, config columns left out because only one side has them)."""
+
+    def config_columns(table: pd.DataFrame) -> set[str]:
+        return {c for c in table.columns if c.startswith("config.") and c not in NON_KEY_COLUMNS}
+
+    base, cur = config_columns(baseline), config_columns(current)
+    return sorted(base & cur), sorted(base ^ cur)
+
+
+def job_keys(table: pd.DataFrame, columns: Sequence[str]) -> list[JobKey]:
+    """One key per row, spelled the same whether the row came from result.json, CSV or parquet."""
+    return [tuple(canonical(value) for value in row) for row in table[list(columns)].itertuples(index=False)]
+
+
+def job_labels(keys: Sequence[JobKey], columns: Sequence[str]) -> dict[JobKey, str]:
+    """Short readable names: only the key columns whose values differ between jobs (``quant.storage=nf4``)."""
+    varying = [i for i in range(len(columns)) if len({key[i] for key in keys}) > 1]
+    if not varying and "config.model.name_or_path" in columns:
+        varying = [list(columns).index("config.model.name_or_path")]
+    return {
+        key: " ".join(f"{columns[i].removeprefix('config.')}={key[i]}" for i in varying) or "job"
+        for key in keys
+    }
+
+
+def canonical(value: Any) -> str:
+    """One spelling per config value: table files turn lists into text, ints into floats and None into NaN."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return json.dumps([canonical(item) for item in value])
+    if isinstance(value, dict):
+        return json.dumps({str(k): canonical(v) for k, v in sorted(value.items())})
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        parsed = _parse_text(value)
+        return value if parsed is value else canonical(parsed)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | float):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)
+
+
+def _parse_text(text: str) -> Any:
+    """A list, dict, quoted string or number that a table file wrote as text; other text is returned as is."""
+    if text.startswith(("[", "{", '"')):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                return parse(text)
+            except (ValueError, TypeError, SyntaxError):
+                continue
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return text

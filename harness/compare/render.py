@@ -1,0 +1,78 @@
+"""The comparison as Markdown (for CI logs and job summaries) and as JSON (for tools)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from harness.compare.compare import Comparison, Row
+
+COLUMNS = ("job", "metric", "baseline", "current", "delta", "allowed", "verdict", "note")
+
+
+def to_markdown(comparison: Comparison) -> str:
+    """A verdict line, what was matched, the regressions by name, then one table row per verdict."""
+    summary = comparison.summary()
+    regressions = comparison.regressions
+    lines = [
+        f"## qlora-compare: {summary['verdict']}"
+        + (f" ({len(regressions)} regression{'s' * (len(regressions) != 1)})" if regressions else ""),
+        "",
+        f"baseline: {comparison.jobs_baseline} jobs, current: {comparison.jobs_current} jobs, "
+        f"matched on {len(comparison.key_columns)} config columns; "
+        + ", ".join(f"{n} {v}" for v, n in summary["counts"].items()),
+    ]
+    if comparison.ignored_key_columns:
+        lines.append(
+            f"config columns on one side only, not used to match: {', '.join(comparison.ignored_key_columns)}"
+        )
+    lines += [f"- REGRESSED: `{row.job}` {row.metric} {row.note}".rstrip() for row in regressions]
+    lines += ["", _table_row(COLUMNS), _table_row(["---"] * len(COLUMNS))]
+    lines += [_table_row(_cells(row)) for row in comparison.rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(comparison: Comparison) -> str:
+    """Rows and summary; infinities become strings so the file stays valid JSON."""
+    return json.dumps(_finite(comparison.to_dict()), indent=2) + "\n"
+
+
+def _cells(row: Row) -> list[str]:
+    delta = _fmt(row.delta, signed=True)
+    if row.delta is not None and isinstance(row.baseline, float) and row.baseline:
+        delta += f" ({row.delta / abs(row.baseline):+.1%})"
+    return [
+        row.job,
+        row.metric,
+        _fmt(row.baseline),
+        _fmt(row.current),
+        delta,
+        _fmt(row.allowed),
+        row.verdict,
+        row.note,
+    ]
+
+
+def _fmt(value: float | str | None, signed: bool = False) -> str:
+    """Counts and bytes with thousands separators, everything else to five significant digits."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    sign = "+" if signed else ""
+    return f"{value:{sign},.0f}" if math.isfinite(value) and abs(value) >= 1e4 else f"{value:{sign}.5g}"
+
+
+def _table_row(cells: Any) -> str:
+    return "| " + " | ".join(str(cell).replace("|", "\\|").replace("\n", " ") for cell in cells) + " |"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,420 @@
+"""qlora-compare: job matching, per-metric verdicts, exit codes and input handling."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.compare import CompareInputError, compare_results, load_tolerances
+from harness.compare.cli import main
+from harness.compare.inputs import canonical
+from harness.report.table import load_results
+from harness.result import write_result
+
+STORAGES = {"nf4": 4.127, "fp4": 4.127, "int4": 4.252}  # storage type -> bits/param
+SEEDS = (0, 1)
+ROOT = Path(__file__).resolve().parents[1]
+
+Change = Callable[[Any], Any]
+
+
+def make_result(storage: str, seed: int, output_dir: Path) -> dict[str, Any]:
+    """One ok job in the result.json shape, with every metric kind the default tolerances judge."""
+    offset = 0.01 * seed + {"nf4": 0.02, "fp4": 0.0, "int4": -0.01}[storage]
+    return {
+        "status": "ok",
+        "config_hash": f"{storage}{seed}",
+        "config": {
+            "model": {"name_or_path": "tiny", "cache_dir": None},
+            "quant": {"storage": storage, "blocksize": 64, "double_quant": True, "compute_dtype": "auto"},
+            "lora": {"r": 8, "alpha": 16.0, "dropout": 0.1, "targets": ["q_proj", "v_proj"]},
+            "train": {"steps": 10, "batch_size": 2, "seq_len": 64, "lr": 2e-4, "optimizer": "adamw"},
+            "data": {"source": "synthetic", "data_dir": str(output_dir / "data")},
+            "eval": {"tasks": ["arc_easy_local", "wikitext2_local"], "limit": 200},
+            "seed": seed,
+            "device": "cpu",
+            "output_dir": str(output_dir),
+        },
+        "env": {"device": "cpu", "torch": "2.9.0", "git_commit": "abc"},
+        "quant": {
+            "storage": storage,
+            "blocksize": 64,
+            "double_quant": True,
+            "bits_per_param": STORAGES[storage],
+        },
+        "lora": {"trainable_params": 12345},
+        "train": {
+            "tokens_per_s": 1500.0 + 10 * seed,
+            "step_time_s_median": 0.2,
+            "loss": [2.5, 2.0, 1.6 - offset],
+            "loss_start": 2.5,
+            "loss_end": 1.6 - offset,
+            "peak_memory_bytes": 200_000_000 + 1_000_000 * seed,
+            "peak_memory_kind": "rss",
+        },
+        "eval": {
+            "arc_easy_local": {
+                "acc": 0.42 + offset,
+                "acc_stderr": 0.02,
+                "acc_norm": 0.40 + offset,
+                "acc_norm_stderr": 0.02,
+                "n": 200,
+            },
+            "wikitext2_local": {"word_perplexity": 40.0 - 10 * offset, "bits_per_byte": 0.93},
+        },
+        "timings_s": {"total": 12.0},
+    }
+
+
+def set_dotted(record: dict[str, Any], dotted: str, change: Change) -> None:
+    """Apply ``change`` to the value at a dotted path (``eval.arc_easy_local.acc``)."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        record = record[key]
+    record[leaf] = change(record.get(leaf))
+
+
+def write_sweep(root: Path, changes: dict[tuple[str, int], dict[str, Change]] | None = None) -> Path:
+    """A sweep directory with storage x seed jobs; ``changes[(storage, seed)]`` edits that job's fields."""
+    changes = changes or {}
+    for storage in STORAGES:
+        for seed in SEEDS:
+            job_dir = root / f"{storage}-seed{seed}"
+            record = make_result(storage, seed, job_dir)
+            for dotted, change in changes.get((storage, seed), {}).items():
+                set_dotted(record, dotted, change)
+            write_result(job_dir, record)
+    return root
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def rows_with(out: str, verdict: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("|") and f"| {verdict} |" in line]
+
+
+def scale(factor: float) -> Change:
+    return lambda value: value * factor
+
+
+def shift(amount: float) -> Change:
+    return lambda value: value + amount
+
+
+@pytest.fixture
+def baseline(tmp_path: Path) -> Path:
+    return write_sweep(tmp_path / "baseline")
+
+
+def test_identical_results_pass_and_every_metric_kind_is_compared(baseline, tmp_path, capsys):
+    current = write_sweep(tmp_path / "current")
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 0
+    assert "qlora-compare: ok" in out
+    assert not rows_with(out, "REGRESSED") and not rows_with(out, "improved")
+    job_rows = [line for line in out.splitlines() if "`" not in line and "quant.storage=nf4 seed=0 |" in line]
+    metrics = {line.split(" | ")[1] for line in job_rows}
+    assert metrics == {
+        "quant.bits_per_param",
+        "train.tokens_per_s",
+        "train.loss_end",
+        "train.peak_memory_bytes",
+        "eval.arc_easy_local.acc",
+        "eval.arc_easy_local.acc_norm",
+        "eval.wikitext2_local.word_perplexity",
+        "eval.wikitext2_local.bits_per_byte",
+    }
+
+
+@pytest.mark.parametrize(
+    "metric, change",
+    [
+        ("eval.arc_easy_local.acc", shift(-0.06)),  # allowed: max(0.01, sqrt(2) * 0.02) = 0.028
+        ("eval.arc_easy_local.acc_norm", shift(-0.06)),
+        ("eval.wikitext2_local.word_perplexity", scale(1.05)),  # tolerance 2 %
+        ("eval.wikitext2_local.bits_per_byte", scale(1.05)),
+        ("quant.bits_per_param", shift(0.001)),  # exact: any increase
+        ("train.peak_memory_bytes", scale(1.2)),  # tolerance 10 %
+        ("train.loss_end", scale(1.2)),  # tolerance 5 %
+    ],
+)
+def test_planted_regression_fails_naming_job_and_metric(baseline, tmp_path, capsys, metric, change):
+    current = write_sweep(tmp_path / "current", {("fp4", 1): {metric: change}})
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 1
+    [row] = rows_with(out, "REGRESSED")
+    assert row.startswith(f"| quant.storage=fp4 seed=1 | {metric} |")
+    assert f"- REGRESSED: `quant.storage=fp4 seed=1` {metric}" in out
+
+
+def test_accuracy_drop_within_stderr_passes_but_fails_without_stderr(baseline, tmp_path, capsys):
+    drop = {"eval.arc_easy_local.acc": shift(-0.02)}  # beyond tol 0.01, within sqrt(2) * 0.02
+    current = write_sweep(tmp_path / "current", {("nf4", 0): drop})
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 0
+    assert "| quant.storage=nf4 seed=0 | eval.arc_easy_local.acc | 0.44 | 0.42 | -0.02 (-4.5%) |" in out
+
+    no_stderr = {**drop, "eval.arc_easy_local.acc_stderr": lambda _: None}
+    bare_baseline = write_sweep(
+        tmp_path / "bare-baseline", {("nf4", 0): {"eval.arc_easy_local.acc_stderr": lambda _: None}}
+    )
+    bare_current = write_sweep(tmp_path / "bare-current", {("nf4", 0): no_stderr})
+    code, out, _ = run(capsys, bare_baseline, bare_current)
+    assert code == 1
+    assert rows_with(out, "REGRESSED")[0].startswith("| quant.storage=nf4 seed=0 | eval.arc_easy_local.acc |")
+
+
+def test_improvements_pass_and_are_shown_as_improved(baseline, tmp_path, capsys):
+    better = {
+        "eval.arc_easy_local.acc": shift(0.1),
+        "train.peak_memory_bytes": scale(0.5),
+        "quant.bits_per_param": shift(-0.1),
+    }
+    current = write_sweep(tmp_path / "current", {("int4", 0): better})
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 0
+    improved = {line.split(" | ")[1] for line in rows_with(out, "improved")}
+    assert improved == set(better)
+
+
+@pytest.mark.parametrize(
+    "flags, expected", [((), 0), (("--gate-throughput",), 1), (("--gate", "train.*"), 1)]
+)
+def test_throughput_drop_is_reported_and_gated_only_on_request(baseline, tmp_path, capsys, flags, expected):
+    current = write_sweep(tmp_path / "current", {("nf4", 1): {"train.tokens_per_s": scale(0.5)}})
+    code, out, _ = run(capsys, baseline, current, *flags)
+    assert code == expected
+    verdict = "REGRESSED" if expected else "info"
+    [row] = [line for line in rows_with(out, verdict) if "train.tokens_per_s" in line]
+    assert row.startswith("| quant.storage=nf4 seed=1 | train.tokens_per_s |")
+
+
+def test_tolerance_file_switch_gates_throughput(baseline, tmp_path, capsys):
+    data = yaml.safe_load((ROOT / "conf/compare/tolerances.yaml").read_text())
+    for rule in data["rules"]:
+        rule.pop("gate", None)
+    tolerances = tmp_path / "tolerances.yaml"
+    tolerances.write_text(yaml.safe_dump(data))
+    current = write_sweep(tmp_path / "current", {("nf4", 1): {"train.tokens_per_s": scale(0.5)}})
+    assert run(capsys, baseline, current, "--tolerances", tolerances)[0] == 1
+
+
+def test_missing_current_job_is_bad_input_naming_it(baseline, tmp_path, capsys):
+    current = write_sweep(tmp_path / "current")
+    (current / "int4-seed1" / "result.json").unlink()
+    code, out, err = run(capsys, baseline, current)
+    assert code == 2
+    assert out == ""
+    assert "missing from current: quant.storage=int4 seed=1" in err
+
+
+def test_extra_current_job_is_info(tmp_path, capsys):
+    current = write_sweep(tmp_path / "current")
+    baseline = write_sweep(tmp_path / "baseline")
+    (baseline / "fp4-seed0" / "result.json").unlink()
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 0
+    assert "| quant.storage=fp4 seed=0 | job | – | – | – | – | info | only in current |" in out
+
+
+def test_ok_to_failed_is_a_regression_naming_job_and_error(baseline, tmp_path, capsys):
+    current = write_sweep(tmp_path / "current")
+    failed = make_result("int4", 0, current / "int4-seed0")
+    for section in ("quant", "lora", "train", "eval"):
+        failed.pop(section)
+    failed.update(status="failed", error={"type": "RuntimeError", "message": "CUDA out of memory"})
+    write_result(current / "int4-seed0", failed)
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 1
+    [row] = rows_with(out, "REGRESSED")
+    assert row.startswith("| quant.storage=int4 seed=0 | status | ok | failed |")
+    assert row.endswith("| REGRESSED | RuntimeError: CUDA out of memory |")
+
+
+def test_nonexistent_path_is_bad_input(baseline, tmp_path, capsys):
+    code, _, err = run(capsys, baseline, tmp_path / "nowhere")
+    assert code == 2
+    assert f"current {tmp_path / 'nowhere'}: no such file or directory" in err
+
+
+def test_unreadable_result_is_bad_input_naming_the_file(baseline, tmp_path, capsys):
+    current = write_sweep(tmp_path / "current")
+    broken = current / "nf4-seed0" / "result.json"
+    broken.write_text("{not json")
+    code, _, err = run(capsys, baseline, current)
+    assert code == 2
+    assert str(broken) in err and "unreadable" in err
+
+
+@pytest.mark.parametrize(
+    "name, content", [("empty", None), ("results.csv", "a,b\n"), ("results.parquet", "junk")]
+)
+def test_inputs_without_jobs_are_bad_input(baseline, tmp_path, capsys, name, content):
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    code, _, err = run(capsys, path, baseline)
+    assert code == 2
+    assert err.startswith(f"qlora-compare: error: baseline {path}:")
+
+
+@pytest.mark.parametrize("writer, name", [("to_csv", "results.csv"), ("to_parquet", "results.parquet")])
+def test_results_table_baseline_compares_against_directory(baseline, tmp_path, capsys, writer, name):
+    table_file = tmp_path / "report" / name
+    table_file.parent.mkdir()
+    getattr(load_results([baseline]).table, writer)(table_file, index=False)
+    current = write_sweep(tmp_path / "current", {("nf4", 0): {"train.peak_memory_bytes": scale(1.2)}})
+    from_table = compare_results([table_file], [current])
+    from_dir = compare_results([baseline], [current])
+    assert from_table.exit_code == 1
+    assert from_table.rows == from_dir.rows
+    assert from_table.ignored_key_columns == []
+
+
+def test_excluded_and_one_sided_config_columns_do_not_break_matching(baseline, tmp_path):
+    new_field = {"config.train.new_option": lambda _: True, "config.model.cache_dir": lambda _: "/elsewhere"}
+    current = write_sweep(
+        tmp_path / "current", {job: new_field for job in ((s, n) for s in STORAGES for n in SEEDS)}
+    )
+    comparison = compare_results([baseline], [current])
+    assert comparison.exit_code == 0
+    assert comparison.ignored_key_columns == ["config.train.new_option"]
+    assert "config.output_dir" not in comparison.key_columns  # differs: baseline/ vs current/
+    assert {"config.quant.storage", "config.seed", "config.lora.targets"} <= set(comparison.key_columns)
+
+
+def test_duplicate_job_is_bad_input(baseline, tmp_path):
+    current = write_sweep(tmp_path / "current")
+    with pytest.raises(CompareInputError, match="current: two results for job quant.storage=nf4 seed=0"):
+        compare_results([baseline], [current, baseline / "nf4-seed0"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("rules: [", "cannot be read"),
+        ("thresholds: []", "exactly one key, 'rules'"),
+        ("rules: []", "non-empty list"),
+        ("rules: [{match: a, direction: up, kind: abs, tol: 1}]", "'direction' must be one of"),
+        ("rules: [{match: a, direction: lower, kind: rel, tol: -1}]", "'tol' must be a number >= 0"),
+        ("rules: [{match: a, direction: lower, kind: rel}]", "needs a 'tol'"),
+        ("rules: [{match: a, direction: lower, kind: exact, tol: 1}]", "takes no 'tol'"),
+        (
+            "rules: [{match: a, direction: lower, kind: abs, tol: 1, gate: maybe}]",
+            "'gate' must be true or false",
+        ),
+        ("rules: [{match: [], direction: lower, kind: abs, tol: 1}]", "'match' must be a glob"),
+        (
+            "rules: [{match: a, direction: lower, kind: abs, tol: 1, tolerance: 2}]",
+            "unknown key(s) ['tolerance']",
+        ),
+    ],
+)
+def test_bad_tolerance_file_is_bad_input(baseline, tmp_path, capsys, content, message):
+    tolerances = tmp_path / "tolerances.yaml"
+    tolerances.write_text(content)
+    code, _, err = run(capsys, baseline, baseline, "--tolerances", tolerances)
+    assert code == 2
+    assert f"tolerance file {tolerances}" in err and message in err
+
+
+def test_missing_tolerance_file_is_bad_input(baseline, tmp_path, capsys):
+    code, _, err = run(capsys, baseline, baseline, "--tolerances", tmp_path / "none.yaml")
+    assert code == 2 and "none.yaml: cannot be read" in err
+
+
+def test_default_tolerances_judge_each_metric_kind():
+    tolerances = load_tolerances()
+    expected = {
+        "eval.arc_easy_local.acc_norm": ("higher", "abs", True),
+        "eval_before.arc_easy_local.acc": ("higher", "abs", True),
+        "eval.wikitext2_local.word_perplexity": ("lower", "rel", True),
+        "quant.bits_per_param": ("lower", "exact", True),
+        "train.peak_memory_bytes": ("lower", "rel", True),
+        "train.loss_end": ("lower", "rel", True),
+        "train.tokens_per_s": ("higher", "rel", False),
+    }
+    for metric, (direction, kind, gate) in expected.items():
+        rule = tolerances.rule_for(metric)
+        assert (rule.direction, rule.kind, rule.gate) == (direction, kind, gate), metric
+    assert tolerances.rule_for("eval.arc_easy_local.acc_stderr") is None
+    assert tolerances.rule_for("eval.arc_easy_local.n") is None
+
+
+def test_markdown_and_json_files_hold_the_same_rows(baseline, tmp_path, capsys):
+    current = write_sweep(tmp_path / "current", {("nf4", 0): {"train.loss_end": scale(1.5)}})
+    md, js = tmp_path / "out" / "compare.md", tmp_path / "out" / "compare.json"
+    code, out, _ = run(capsys, baseline, current, "--markdown", md, "--json", js)
+    assert code == 1
+    assert md.read_text() == out
+    report = json.loads(js.read_text())
+    assert report["summary"]["verdict"] == "REGRESSED" and report["summary"]["exit_code"] == 1
+    assert report["summary"]["regressions"] == ["quant.storage=nf4 seed=0: train.loss_end"]
+    assert (
+        len(report["rows"])
+        == len(out.splitlines())
+        - out.splitlines().index("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        - 1
+    )
+
+
+@pytest.mark.parametrize(
+    "from_json, from_table",
+    [
+        (["q_proj", "v_proj"], "['q_proj', 'v_proj']"),  # DataFrame.to_csv writes Python reprs
+        (["q_proj", "v_proj"], '["q_proj", "v_proj"]'),  # qlora-report writes mixed columns as JSON
+        ("all-linear", '"all-linear"'),
+        ([None, True], "[null, true]"),
+        (16, 16.0),  # CSV makes int columns with gaps float
+        (None, float("nan")),
+        (True, "True"),
+    ],
+)
+def test_table_spellings_key_like_result_json(from_json, from_table):
+    assert canonical(from_json) == canonical(from_table)
+
+
+def test_distinct_config_values_key_differently():
+    assert (
+        len({canonical(v) for v in ("nf4", "fp4", 64, 128, 0.1, None, ["q"], ["q", "v"], True, False)}) == 10
+    )
+
+
+def test_help_documents_exit_codes_and_tolerances(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for needle in (
+        "exit codes:",
+        "tolerance file",
+        "config.output_dir",
+        "qlora-report runs/smoke -o reports/baselines/smoke",
+    ):
+        assert needle in text
+
+
+def test_example_workflow_runs_sweep_report_and_compare():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/qlora-regression.yml").read_text())
+    [job] = workflow["jobs"].values()
+    assert job["runs-on"] == ["self-hosted", "gpu"]
+    commands = " ".join(step.get("run", "") for step in job["steps"])
+    for command in (
+        "make setup",
+        ".venv/bin/qlora-bench -m",
+        ".venv/bin/qlora-report",
+        ".venv/bin/qlora-compare",
+    ):
+        assert command in commands
+    assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
