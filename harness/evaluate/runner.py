@@ -1,0 +1,88 @@
+"""Evaluate the in-memory model (plain, quantized, or with LoRA adapters) with lm-eval's own API.
+
+The model object is handed to ``HFLM`` as is: no saving and reloading, no ``.to()`` that would cast
+quantized buffers (HFLM keeps a pre-built model on its device). A peft ``PeftModel`` is passed whole —
+HFLM holds one itself when it loads adapters — so its forward runs through the injected LoRA layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from importlib.metadata import version
+from typing import Any
+
+import lm_eval
+from lm_eval.models.huggingface import HFLM
+from torch import nn
+
+from harness.config import EvalConfig
+from harness.evaluate.metrics import task_metrics
+from harness.evaluate.tasks import lm_eval_limit, manager_for, validate_tasks
+
+
+class _DropCustomDatasetHint(logging.Filter):
+    """lm-eval repeats a command-line hint for every ``custom_dataset`` task (57 times for MMLU)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed" not in record.getMessage()
+
+
+logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetHint())
+
+
+def lm_eval_version() -> str:
+    """The installed lm-eval version, for the ``env`` block of ``result.json``."""
+    return version("lm_eval")
+
+
+@contextlib.contextmanager
+def _keeps_train_mode(model: nn.Module) -> Iterator[None]:
+    """HFLM switches the model to eval mode; a job that goes on training gets its mode back."""
+    was_training = model.training
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _hub_hint() -> Iterator[None]:
+    """An lm-eval task whose data set lives on the Hugging Face hub cannot load offline: say what to do."""
+    try:
+        yield
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"{exc}. An lm-eval task that reads a hub data set needs network access or a cached copy; "
+            "the *_local tasks (harness/tasks) read data.data_dir / $QLORA_DATA_DIR instead"
+        ) from exc
+
+
+def evaluate_model(
+    model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: str | None
+) -> dict[str, dict[str, float | int]]:
+    """Run ``cfg.tasks`` on ``model`` → ``{task: {metric: value, <metric>_stderr: value, "n": samples}}``.
+
+    ``data_dir`` is ``data.data_dir`` (``None``: ``$QLORA_DATA_DIR`` or the default); the ``*_local``
+    tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``.
+    """
+    if not cfg.tasks:
+        return {}
+    validate_tasks(cfg, data_dir)
+    with _keeps_train_mode(model), _hub_hint():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(cfg.tasks),
+            task_manager=manager_for(cfg, data_dir),
+            limit=lm_eval_limit(cfg.limit),
+            num_fewshot=cfg.num_fewshot,
+            bootstrap_iters=cfg.bootstrap_iters,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+            log_samples=False,
+        )
+    return task_metrics(results)

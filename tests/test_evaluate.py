@@ -1,0 +1,224 @@
+"""lm-eval evaluation of the in-memory model (harness.evaluate) and the shipped ``*_local`` tasks, offline."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import datasets.config
+import huggingface_hub.constants
+import pytest
+import torch
+from omegaconf import OmegaConf
+from peft import LoraConfig, get_peft_model
+
+from harness.config import EvalConfig
+from harness.data.paths import DataDirError, resolve_data_dir
+from harness.data.prompts import format_prompt
+from harness.data.synthetic import synthetic_examples
+from harness.evaluate import evaluate_model, metric_delta, task_metrics, validate_tasks
+from harness.evaluate.tasks import lm_eval_limit, task_manager
+from harness.model.tiny import build_tiny_model
+from harness.tasks.utils import split_wikitext_articles
+
+CONF_EVAL = Path(__file__).resolve().parents[1] / "conf" / "eval"
+ARC_ROWS = [
+    {"query": f"Question: Which number is {n}?", "choices": ["one", "two", "three", "four"], "gold": n - 1}
+    for n in (1, 2, 3, 4, 1, 2)
+]
+WIKI_TEXT = (
+    " = First Article = \n The first article is short . \n = = History = = \n It has a section . \n"
+    " = Second Article = \n The second one has 1 @,@ 000 words , roughly . \n"
+)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub access: the env vars for subprocesses, the constants the libraries already read at import."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> None:
+    """The tiny model is fastest on one thread, and steady when other test runs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A data directory laid out like the real one: six ARC rows, two WikiText articles with CRLF."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mc").mkdir()
+    (root / "mc" / "arc_easy.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ARC_ROWS))
+    (root / "wikitext-2" / "raw").mkdir(parents=True)
+    (root / "wikitext-2" / "raw" / "wiki.test.raw").write_bytes(WIKI_TEXT.replace("\n", "\r\n").encode())
+    return str(root)
+
+
+def test_multiple_choice_and_perplexity_tasks_run_through_lm_eval(tiny_data_dir: str) -> None:
+    """A plain transformers model: metrics in range, with stderr where lm-eval has one, and n."""
+    model, tokenizer = build_tiny_model()
+    cfg = EvalConfig(tasks=["arc_easy_local", "wikitext2_local"], batch_size=4, bootstrap_iters=10)
+    scores = evaluate_model(model, tokenizer, cfg, tiny_data_dir)
+
+    arc, wiki = scores["arc_easy_local"], scores["wikitext2_local"]
+    assert arc["n"] == len(ARC_ROWS)
+    assert 0 <= arc["acc"] <= 1 and 0 <= arc["acc_norm"] <= 1
+    assert arc["acc_stderr"] >= 0
+    assert wiki["n"] == 2
+    assert math.isfinite(wiki["word_perplexity"]) and wiki["word_perplexity"] > 1
+    assert wiki["byte_perplexity"] > 1
+    assert wiki["bits_per_byte"] == pytest.approx(math.log2(wiki["byte_perplexity"]))
+
+
+def test_wikitext_articles_split_at_titles_with_crlf_removed() -> None:
+    """Sections stay inside their article; CRLF becomes LF; no text is lost."""
+    articles = split_wikitext_articles(WIKI_TEXT.replace("\n", "\r\n"))
+    assert [a.splitlines()[0] for a in articles] == [" = First Article = ", " = Second Article = "]
+    assert " = = History = = " in articles[0]
+    assert "".join(articles) == WIKI_TEXT
+
+
+def _train_on_synthetic(model: torch.nn.Module, tokenizer, num_facts: int, steps: int) -> None:
+    """A plain torch loop on the training text (prompt + answer), loss on the answer tokens only."""
+    examples = synthetic_examples(num_facts)
+    prompts = [format_prompt(ex["instruction"]) for ex in examples]
+    batch = tokenizer(
+        [p + ex["output"] for p, ex in zip(prompts, examples, strict=True)], return_tensors="pt", padding=True
+    )
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for row, prompt in enumerate(prompts):
+        labels[row, : len(tokenizer(prompt)["input_ids"])] = -100
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_the_adapted_peft_model_is_what_gets_evaluated() -> None:
+    """Training only LoRA moves synthetic_local's Brier score; with adapters off it is back where it was."""
+    model, tokenizer = build_tiny_model()
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "lm_head"])
+    peft_model = get_peft_model(model, lora)
+    cfg = EvalConfig(tasks=["synthetic_local"], limit=8, bootstrap_iters=0)
+
+    before = evaluate_model(peft_model, tokenizer, cfg, None)["synthetic_local"]
+    _train_on_synthetic(peft_model, tokenizer, num_facts=8, steps=20)
+    after = evaluate_model(peft_model, tokenizer, cfg, None)["synthetic_local"]
+    with peft_model.disable_adapter():
+        adapters_off = evaluate_model(peft_model, tokenizer, cfg, None)["synthetic_local"]
+
+    assert before["n"] == after["n"] == 8
+    assert after["brier_score"] < before["brier_score"] - 0.2  # lower is better
+    assert adapters_off["brier_score"] == pytest.approx(before["brier_score"])
+    assert peft_model.training, "evaluation must hand the model back in the mode it was in"
+
+
+def test_unknown_task_lists_close_matches() -> None:
+    """A typo is caught before training, with the intended name suggested."""
+    with pytest.raises(ValueError, match="arc_easy_locl.*did you mean arc_easy_local"):
+        validate_tasks(EvalConfig(tasks=["synthetic_local", "arc_easy_locl"]), None)
+
+
+@pytest.mark.parametrize(
+    ("task", "missing"),
+    [("piqa_local", "mc/piqa.jsonl"), ("mmlu_local", "mmlu/dev/abstract_algebra_dev.csv")],
+)
+def test_missing_data_file_names_the_file_and_the_setting(tmp_path: Path, task: str, missing: str) -> None:
+    """Tasks and groups alike: the message says which file and where the data directory comes from."""
+    with pytest.raises(DataDirError) as caught:
+        validate_tasks(EvalConfig(tasks=[task]), str(tmp_path))
+    assert missing in str(caught.value) and "QLORA_DATA_DIR" in str(caught.value)
+
+
+def test_synthetic_task_needs_no_data_directory(tmp_path: Path) -> None:
+    """synthetic_local reads no files, so even a data directory that does not exist is fine."""
+    validate_tasks(EvalConfig(tasks=["synthetic_local"]), str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(None, None), (5, 5), (0.25, 0.25), (1.0, None)])
+def test_limit_is_passed_as_lm_eval_reads_it(limit: object, expected: object) -> None:
+    """1.0 means the whole task (lm-eval alone would read it as one example)."""
+    assert lm_eval_limit(limit) == expected
+
+
+@pytest.mark.parametrize("limit", [0, -3, 1.5, True, "10"])
+def test_bad_limit_is_rejected_before_training(limit: object) -> None:
+    with pytest.raises(ValueError, match="eval.limit"):
+        validate_tasks(EvalConfig(tasks=[], limit=limit), None)
+
+
+def test_task_metrics_keep_filters_and_drop_missing_stderrs() -> None:
+    """``"<metric>,<filter>"`` keys are flattened; "N/A" and NaN stderrs are left out; n comes along."""
+    results = {
+        "results": {
+            "t": {
+                "alias": "t",
+                "sample_len": 3,
+                "acc,none": 1,
+                "acc_stderr,none": float("nan"),
+                "exact_match,strict-match": 0.5,
+                "exact_match_stderr,strict-match": 0.1,
+                "bits_per_byte_stderr,none": "N/A",
+            }
+        }
+    }
+    assert task_metrics(results) == {
+        "t": {"acc": 1.0, "exact_match/strict-match": 0.5, "exact_match/strict-match_stderr": 0.1, "n": 3}
+    }
+
+
+def test_metric_delta_subtracts_shared_metrics_only() -> None:
+    after = {"a": {"acc": 0.75, "acc_stderr": 0.1, "n": 4, "new": 1.0}, "only_after": {"acc": 1.0}}
+    before = {"a": {"acc": 0.5, "acc_stderr": 0.1, "n": 4}}
+    assert metric_delta(after, before) == {"a": {"acc": 0.25}}
+
+
+@pytest.mark.parametrize("path", sorted(CONF_EVAL.glob("*.yaml")), ids=lambda p: p.stem)
+def test_eval_group_configs_fit_the_schema_and_use_shipped_tasks(path: Path) -> None:
+    """Each conf/eval file sets only EvalConfig fields and names tasks that run offline."""
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(path)))
+    shipped = task_manager((), None, defaults=False).task_index
+    assert all(name in shipped for name in cfg.tasks)
+    lm_eval_limit(cfg.limit)
+
+
+REAL_SIZES = {
+    "arc_easy_local": 2376,
+    "arc_challenge_local": 1172,
+    "piqa_local": 1838,
+    "boolq_local": 3270,
+    "winogrande_local": 1267,
+    "hellaswag_local": 10042,
+    "hellaswag_subset1000_local": 1000,
+    "wikitext2_local": 62,  # articles
+}
+
+
+def test_real_data_dir_loads_with_manifest_counts() -> None:
+    """Every shipped task reads the real files (no model run): row counts as in shared/data/MANIFEST.md."""
+    try:
+        data_dir = str(resolve_data_dir())
+    except DataDirError as exc:
+        pytest.skip(f"no real data directory: {exc}")
+    tm = task_manager((), data_dir, defaults=False)
+    loaded = tm.load([*REAL_SIZES, "mmlu_local"])["tasks"]
+
+    assert {name: len(loaded[name].eval_docs) for name in REAL_SIZES} == REAL_SIZES
+    pages = loaded["wikitext2_local"].eval_docs["page"]
+    assert sum(len(page.split()) for page in pages) == 241_211  # MANIFEST's word count: nothing lost
+    mmlu = {name: task for name, task in loaded.items() if name.startswith("mmlu_local_")}
+    assert len(mmlu) == 57
+    assert sum(len(task.eval_docs) for task in mmlu.values()) == 14_042
+    assert all(len(task.fewshot_docs()) == 5 for task in mmlu.values())
