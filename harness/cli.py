@@ -15,6 +15,7 @@ from harness.job import run_job
 from harness.sweep.isolate import run_isolated
 from harness.sweep.summary import LAST_SUMMARY, record_outcome
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
 
 
@@ -24,7 +25,7 @@ def _pop_force(cfg: DictConfig) -> bool:
         return bool(cfg.pop("force", False))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)

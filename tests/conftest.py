@@ -32,4 +32,3 @@ def job_config():
     return _compose
 
 
-TINY_JOB = ("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=128")

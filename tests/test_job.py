@@ -20,7 +20,8 @@ from harness.model.tiny import build_tiny_model
 from harness.quant import QuantLinear
 from harness.result import read_result
 from harness.train.loop import train
-from tests.conftest import TINY_JOB
+
+TINY_JOB = ("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=128")
 
 FOUR_BIT_BITS = {True: 4 + 8 / 64 + 32 / (64 * 256), False: 4 + 32 / 64}
 
@@ -63,8 +64,8 @@ def test_only_lora_moves_and_base_stays_packed():
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
     peft_model = attach_lora(model, LoraConfig(r=8, dropout=0.0), resolve_targets("all-linear", names), 0)
     data_cfg = DataConfig(num_synthetic=64)
-    examples = tokenize_records(load_records(data_cfg), tokenizer, data_cfg, 64)
-    train(peft_model, examples, TrainConfig(steps=3, batch_size=4, lr=1e-2), tokenizer.pad_token_id,
+    examples = tokenize_records(load_records(data_cfg), tokenizer, data_cfg, 256)
+    train(peft_model, examples, TrainConfig(steps=3, batch_size=4, lr=1e-2, seq_len=256), tokenizer.pad_token_id,
           torch.device("cpu"), seed=0)
     quant_layers = [m for m in peft_model.modules() if isinstance(m, QuantLinear)]
     assert len(quant_layers) == len(names)

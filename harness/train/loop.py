@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from harness.config import TrainConfig
 from harness.data.collate import collate
-from harness.data.instruct import TokenizedExample, batch_order
+from harness.data.instruct import IGNORE_INDEX, TokenizedExample, batch_order
 from harness.train.meters import peak_memory, reset_peak_memory
 from harness.train.optim import build_optimizer
 
@@ -24,8 +24,9 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainResult:
     steps: int
-    tokens: int  # non-padding, non-prompt tokens trained on (the loss's denominator), all steps
-    tokens_per_s: float  # of those, per second, warm-up steps excluded
+    tokens: int  # non-padding tokens through forward and backward, all steps
+    target_tokens: int  # of those, the response tokens the loss is taken on
+    tokens_per_s: float  # non-padding tokens per second, warm-up steps excluded
     step_time_s_median: float
     loss: list[float] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
@@ -37,6 +38,7 @@ class TrainResult:
         return {
             "steps": self.steps,
             "tokens": self.tokens,
+            "target_tokens": self.target_tokens,
             "tokens_per_s": self.tokens_per_s,
             "step_time_s_median": self.step_time_s_median,
             "loss": self.loss,
@@ -86,7 +88,7 @@ def train(
     pending: list[torch.Tensor] = []
     losses: list[float] = []
     step_times: list[float] = []
-    tokens = measured_tokens = 0
+    tokens = target_tokens = measured_tokens = 0
     measure_from = min(cfg.warmup_steps_excluded, max(cfg.steps - 1, 0))
     bar = tqdm(range(cfg.steps), desc="train", unit="step")
     _sync(device)
@@ -98,13 +100,14 @@ def train(
         step_start = time.perf_counter()
         step_loss = torch.zeros((), device=device)
         for _ in range(cfg.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate(
-                [examples[i] for i in next(batches)], pad_token_id).items()}
+            cpu_batch = collate([examples[i] for i in next(batches)], pad_token_id)
+            n = int(cpu_batch["attention_mask"].sum())  # counted on the host: no device sync
+            tokens += n
+            target_tokens += int((cpu_batch["labels"] != IGNORE_INDEX).sum())
+            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
             loss = model(**batch).loss / cfg.grad_accum
             loss.backward()
             step_loss += loss.detach()
-            n = int((batch["labels"] != -100).sum())
-            tokens += n
             measured_tokens += n if step >= measure_from else 0
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
@@ -123,6 +126,7 @@ def train(
     return TrainResult(
         steps=cfg.steps,
         tokens=tokens,
+        target_tokens=target_tokens,
         tokens_per_s=measured_tokens / measured_time if cfg.steps and measured_time > 0 else 0.0,
         step_time_s_median=statistics.median(measured) if measured else 0.0,
         loss=losses,
