@@ -1,0 +1,63 @@
+"""NF4 and FP4 through bitsandbytes' blockwise 4-bit functions (CPU and CUDA kernels).
+
+transformers' BitsAndBytesConfig has no block-size option, so the harness calls quantize_4bit itself.
+Every tensor of the QuantState is held by role so that storage is counted from real tensors, and the
+QuantState is rebuilt around them for each dequantize (cheap: no copies), which keeps `.to(device)` a
+plain move of tensors.
+"""
+
+from __future__ import annotations
+
+import bitsandbytes.functional as bnbf
+import torch
+from bitsandbytes.functional import QuantState
+
+from harness.quant.registry import ABSMAX_BLOCKSIZE
+
+
+def encode_bnb4(
+    weight: torch.Tensor, blocksize: int, double_quant: bool, quant_type: str
+) -> dict[str, torch.Tensor]:
+    """codes: packed uint8; absmax: fp32, or uint8 when nested; code: the 16-value NF4/FP4 codebook;
+    nested adds absmax2 (fp32 per 256 constants), offset (fp32) and code2 (the 256-value dynamic map)."""
+    codes, state = bnbf.quantize_4bit(
+        weight, blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
+    )
+    tensors = {"codes": codes, "absmax": state.absmax, "code": state.code}
+    if double_quant:
+        tensors |= {"absmax2": state.state2.absmax, "offset": state.offset, "code2": state.state2.code}
+    return tensors
+
+
+def quant_state(
+    tensors: dict[str, torch.Tensor], shape: torch.Size, blocksize: int, dtype: torch.dtype, quant_type: str
+) -> QuantState:
+    """The bitsandbytes QuantState over the held tensors; `dtype` is what dequantize_4bit will return."""
+    state2 = None
+    if "absmax2" in tensors:
+        state2 = QuantState(
+            absmax=tensors["absmax2"], code=tensors["code2"], blocksize=ABSMAX_BLOCKSIZE, dtype=torch.float32
+        )
+    return QuantState(
+        absmax=tensors["absmax"],
+        shape=shape,
+        code=tensors["code"],
+        blocksize=blocksize,
+        quant_type=quant_type,
+        dtype=dtype,
+        offset=tensors.get("offset"),
+        state2=state2,
+    )
+
+
+def decode_bnb4(
+    tensors: dict[str, torch.Tensor], shape: torch.Size, blocksize: int, dtype: torch.dtype, quant_type: str
+) -> torch.Tensor:
+    """Dequantized weight in its original shape.
+
+    Dequantized flat and to an even length (the pad nibble falls in the last block): the CPU kernel
+    only takes an even last dim, and bitsandbytes' fallback recompiles with torch.compile for each shape.
+    """
+    numel = shape.numel()
+    state = quant_state(tensors, torch.Size([numel + numel % 2]), blocksize, dtype, quant_type)
+    return bnbf.dequantize_4bit(tensors["codes"], state).view(-1)[:numel].view(shape)

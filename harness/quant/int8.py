@@ -1,0 +1,50 @@
+"""int8: bitsandbytes' LLM.int8() storage (row-wise absmax int8 codes + one fp32 scale per row).
+
+bitsandbytes 0.50 runs it on CPU (forward and input gradient; checked by tests/test_quant_layer.py) as
+well as on CUDA, its primary target.
+"""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import bitsandbytes.functional as bnbf
+import torch
+from torch import nn
+
+OUTLIER_THRESHOLD = 6.0  # LLM.int8() paper: activation columns above this stay in 16 bit
+
+
+def encode_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """codes: int8 (rows, last dim); absmax: fp32 per row. Quantized from fp16, as Linear8bitLt does."""
+    rows = weight.reshape(-1, weight.shape[-1]).to(torch.float16)
+    codes, absmax, _ = bnbf.int8_vectorwise_quant(rows)
+    return {"codes": codes, "absmax": absmax}
+
+
+def decode_int8(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantized weight in its original shape."""
+    return bnbf.int8_vectorwise_dequant(tensors["codes"], tensors["absmax"]).to(dtype).view(shape)
+
+
+def linear8bit(linear: nn.Linear, compute_dtype: torch.dtype) -> bnb.nn.Linear8bitLt:
+    """Frozen LLM.int8() layer on the linear's device; bnb computes in the input's dtype (bias follows it)."""
+    layer = bnb.nn.Linear8bitLt(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        has_fp16_weights=False,
+        threshold=OUTLIER_THRESHOLD,
+    )
+    layer.load_state_dict(linear.state_dict())
+    # Int8Params quantizes when moved off the CPU copy it was loaded into (a move to "cpu" counts).
+    layer = layer.to(linear.weight.device)
+    if layer.bias is not None:
+        layer.bias.data = layer.bias.data.to(compute_dtype)
+        layer.bias.requires_grad_(False)
+    return layer
+
+
+def linear8bit_bytes(layer: bnb.nn.Linear8bitLt) -> int:
+    """Weight bytes incl. the row scales, which bnb moves from the weight to the layer state on first use."""
+    scales = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+    return layer.weight.nbytes + scales.nbytes
