@@ -19,6 +19,7 @@ from harness.data.synthetic import synthetic_examples
 from harness.evaluate import evaluate_model, metric_delta, task_metrics, validate_tasks
 from harness.evaluate.tasks import lm_eval_limit, task_manager
 from harness.model.tiny import build_tiny_model
+from harness.tasks import TASKS_DIR
 from harness.tasks.utils import split_wikitext_articles
 
 CONF_EVAL = Path(__file__).resolve().parents[1] / "conf" / "eval"
@@ -74,6 +75,19 @@ def test_multiple_choice_and_perplexity_tasks_run_through_lm_eval(tiny_data_dir:
     assert math.isfinite(wiki["word_perplexity"]) and wiki["word_perplexity"] > 1
     assert wiki["byte_perplexity"] > 1
     assert wiki["bits_per_byte"] == pytest.approx(math.log2(wiki["byte_perplexity"]))
+
+
+def test_user_task_folder_reuses_the_shipped_template(tiny_data_dir: str, tmp_path: Path) -> None:
+    """eval.include_path adds a task that reads its own file from the data directory, checked up front."""
+    (tmp_path / "my_arc.yaml").write_text(
+        f"include: {TASKS_DIR / '_mc.yaml'}\ntask: my_arc\n"
+        "dataset_kwargs: {reader: jsonl, files: {test: mc/arc_easy.jsonl}}\n"
+    )
+    cfg = EvalConfig(tasks=["my_arc"], include_path=[str(tmp_path)], bootstrap_iters=0)
+    model, tokenizer = build_tiny_model()
+    assert evaluate_model(model, tokenizer, cfg, tiny_data_dir)["my_arc"]["n"] == len(ARC_ROWS)
+    with pytest.raises(DataDirError, match="arc_easy.jsonl"):
+        validate_tasks(cfg, str(tmp_path))
 
 
 def test_wikitext_articles_split_at_titles_with_crlf_removed() -> None:

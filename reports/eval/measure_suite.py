@@ -1,7 +1,8 @@
 """Time an eval group (conf/eval/<group>.yaml) task by task on the shipped SmolLM2-135M, fp32, this CPU.
 
-Usage: ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python reports/eval/measure_suite.py paper``; prints a
-Markdown table. The model is the plain loaded model (no re-quantization, no LoRA): it sizes ``limit``.
+Usage: ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python reports/eval/measure_suite.py paper [task ...]``
+(only the named tasks of the group, when given); prints a Markdown table. The model is the plain loaded
+model (no re-quantization, no LoRA): the numbers size ``limit``.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ def group_config(group: str) -> EvalConfig:
     return OmegaConf.to_object(merged)
 
 
-def main(group: str) -> None:
-    """Evaluate each task of ``group`` on its own so that each gets its own wall time."""
+def main(group: str, only: list[str]) -> None:
+    """Evaluate each task of ``group`` (or those in ``only``) on its own, so each gets its own wall time."""
     cfg = group_config(group)
     loaded = load_model(ModelConfig(), torch.float32)
     print(f"| task | n | seconds | metrics (limit={cfg.limit}) |\n|---|---|---|---|")
     total = 0.0
-    for task in cfg.tasks:
+    for task in [t for t in cfg.tasks if not only or t in only]:
         start = time.perf_counter()
         scores = evaluate_model(loaded.model, loaded.tokenizer, dataclasses.replace(cfg, tasks=[task]), None)
         seconds = time.perf_counter() - start
@@ -44,4 +45,4 @@ def main(group: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "paper")
+    main(sys.argv[1] if len(sys.argv) > 1 else "paper", sys.argv[2:])
