@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets.config
@@ -42,7 +43,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread() -> None:
+def one_thread() -> Iterator[None]:
     """The tiny model is fastest on one thread, and steady when other test runs share the CPU."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
