@@ -59,8 +59,11 @@ def test_only_lora_moves_and_base_stays_packed():
     model, tokenizer = build_tiny_model()
     names = quantizable_layer_names(model, ["lm_head"])
     summary = replace_linear_layers(model, "nf4", 64, True, torch.float32, torch.device("cpu"), ["lm_head"])
-    assert summary.layers == len(names) and summary.weight_bytes * 8 / summary.quantized_params < 4.6
-    packed = {n: b.clone() for n, b in model.named_buffers()}
+    packed = {n: b.clone() for n, b in model.named_buffers() if ".packed_" in n}
+    # all weight storage is the packed buffers; tiny layers pay the fixed DQ codebook (1 KiB each) on top
+    assert summary.layers == len(names)
+    assert summary.weight_bytes == sum(b.numel() * b.element_size() for b in packed.values())
+    assert 4.127 < summary.bits_per_param < 6
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
     peft_model = attach_lora(model, LoraConfig(r=8, dropout=0.0), resolve_targets("all-linear", names), 0)
     data_cfg = DataConfig(num_synthetic=64)
@@ -70,6 +73,8 @@ def test_only_lora_moves_and_base_stays_packed():
     quant_layers = [m for m in peft_model.modules() if isinstance(m, QuantLinear)]
     assert len(quant_layers) == len(names)
     for name, buf in peft_model.named_buffers():
+        if ".packed_" not in name:
+            continue
         key = name.replace("base_model.model.", "").replace(".base_layer", "")
         assert torch.equal(buf, packed[key]), name
     moved = {n for n, p in peft_model.named_parameters() if "lora_" in n}

@@ -44,6 +44,8 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        # frozen random lm_head rows bound the logits at |h|·|w|: a wider init lets LoRA move them
+        initializer_range=0.2,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
