@@ -12,7 +12,16 @@ import torch
 
 from harness.train.meters import device_name
 
-PACKAGES = ("torch", "bitsandbytes", "transformers", "peft", "lm_eval", "accelerate", "hydra-core", "datasets")
+PACKAGES = (
+    "torch",
+    "bitsandbytes",
+    "transformers",
+    "peft",
+    "lm_eval",
+    "accelerate",
+    "hydra-core",
+    "datasets",
+)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,7 +40,10 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -142,8 +142,13 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
 
     with timer("quantize"):
         summary = replace_linear_layers(
-            loaded.model, cfg.quant.storage, cfg.quant.blocksize, cfg.quant.double_quant,
-            dtype, device, list(cfg.quant.skip_modules),
+            loaded.model,
+            cfg.quant.storage,
+            cfg.quant.blocksize,
+            cfg.quant.double_quant,
+            dtype,
+            device,
+            list(cfg.quant.skip_modules),
         )
     result["quant"] = vars(summary)
     _inject_fault(cfg.fault)
@@ -151,7 +156,8 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
     if cfg.eval.tasks and cfg.eval.before:
         with timer("eval_before"):
             result["eval_before"] = _evaluation().evaluate_model(
-                loaded.model, loaded.tokenizer, cfg.eval, cfg.data.data_dir)
+                loaded.model, loaded.tokenizer, cfg.eval, cfg.data.data_dir
+            )
 
     model = attach_lora(loaded.model, cfg.lora, targets, cfg.seed)
     with timer("train"):
@@ -159,7 +165,9 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
     trained.compute_dtype = _dtype_name(dtype)
     result["train"] = trained.to_json()
     result["lora"] = {
-        "r": cfg.lora.r, "alpha": cfg.lora.alpha, "targets": targets,
+        "r": cfg.lora.r,
+        "alpha": cfg.lora.alpha,
+        "targets": targets,
         "trainable_params": trained.trainable_params,
     }
     if cfg.train.save_adapter:

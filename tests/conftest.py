@@ -30,5 +30,3 @@ def job_config():
             return compose(config_name="config", overrides=list(overrides))
 
     return _compose
-
-

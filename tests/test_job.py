@@ -68,8 +68,14 @@ def test_only_lora_moves_and_base_stays_packed():
     peft_model = attach_lora(model, LoraConfig(r=8, dropout=0.0), resolve_targets("all-linear", names), 0)
     data_cfg = DataConfig(num_synthetic=64)
     examples = tokenize_records(load_records(data_cfg), tokenizer, data_cfg, 256)
-    train(peft_model, examples, TrainConfig(steps=3, batch_size=4, lr=1e-2, seq_len=256), tokenizer.pad_token_id,
-          torch.device("cpu"), seed=0)
+    train(
+        peft_model,
+        examples,
+        TrainConfig(steps=3, batch_size=4, lr=1e-2, seq_len=256),
+        tokenizer.pad_token_id,
+        torch.device("cpu"),
+        seed=0,
+    )
     quant_layers = [m for m in peft_model.modules() if isinstance(m, QuantLinear)]
     assert len(quant_layers) == len(names)
     for name, buf in peft_model.named_buffers():
@@ -127,9 +133,16 @@ def test_misspelt_key_fails_at_composition(job_config):
 def test_failed_job_exits_nonzero_from_cli(tmp_path):
     """The console app exits non-zero and leaves status: failed when its job fails."""
     proc = subprocess.run(
-        [sys.executable, "-c", "from harness.cli import bench; bench()", *TINY_JOB,
-         "quant.storage=nf5", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from harness.cli import bench; bench()",
+            *TINY_JOB,
+            "quant.storage=nf5",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert read_result(tmp_path / "result.json")["status"] == "failed"

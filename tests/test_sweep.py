@@ -13,7 +13,10 @@ BENCH = [sys.executable, "-c", "from harness.cli import bench; bench()"]
 
 def _sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*BENCH, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True, timeout=900
+        [*BENCH, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

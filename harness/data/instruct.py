@@ -1,4 +1,4 @@
-"""Instruction training sets (synthetic, instruction JSON, HF dataset ids) tokenised for causal-LM training."""
+"""Instruction training sets (synthetic, instruction JSON, HF dataset ids) tokenised for causal LMs."""
 
 from __future__ import annotations
 

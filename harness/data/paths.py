@@ -15,7 +15,7 @@ class DataDirError(FileNotFoundError):
 
 
 def resolve_data_dir(configured: str | os.PathLike | None = None) -> Path:
-    """``configured`` (``data.data_dir``), else ``$QLORA_DATA_DIR``, else ``../shared/data`` beside the repo."""
+    """``data.data_dir``, else ``$QLORA_DATA_DIR``, else ``../shared/data`` beside the repo."""
     value = configured or os.environ.get(DATA_DIR_ENV)
     if value:
         path = Path(value).expanduser()

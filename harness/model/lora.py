@@ -37,7 +37,7 @@ def _peft_linear():
 
 
 def resolve_targets(targets, frozen_layer_names: list[str]) -> list[str]:
-    """Leaf names (``q_proj``, ...) of the layers that get adapters; nothing matched is an error naming them."""
+    """Leaf names (``q_proj``, ...) of the layers that get adapters; matching nothing is an error."""
     leaves = sorted({name.rsplit(".", 1)[-1] for name in frozen_layer_names})
     if isinstance(targets, str):
         if targets not in TARGET_PRESETS:

@@ -1,4 +1,4 @@
-"""Replace a model's linear layers by frozen layers of one storage type (the harness quantizes modules itself).
+"""Replace a model's linear layers by frozen layers of one storage type (the harness quantizes them).
 
 transformers' ``BitsAndBytesConfig`` has no block-size option, so every storage type goes through this
 one path: walk the ``nn.Linear`` modules, quantize each weight on the target device, swap the module.
@@ -86,7 +86,9 @@ def replace_linear_layers(
     )
 
 
-def _move_unquantized(model: nn.Module, device: torch.device, dtype: torch.dtype, quantized: set[str]) -> None:
+def _move_unquantized(
+    model: nn.Module, device: torch.device, dtype: torch.dtype, quantized: set[str]
+) -> None:
     """Move the layers that were not quantized to ``device`` and cast their floating parameters to ``dtype``.
 
     The quantized layers were built on ``device`` already and are left alone: ``model.to(dtype)`` would

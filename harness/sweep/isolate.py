@@ -58,10 +58,15 @@ def run_isolated(cfg: DictConfig, job_dir: Path, force: bool = False) -> Outcome
         record = read_result(job_dir / RESULT_FILE)
     except ResultError:
         reason = _exit_reason(proc.returncode)
-        write_result(job_dir, {
-            "status": "failed", "config_hash": expected, "config": resolved,
-            "error": {"type": "JobProcessDied", "message": reason, "traceback": ""},
-        })
+        write_result(
+            job_dir,
+            {
+                "status": "failed",
+                "config_hash": expected,
+                "config": resolved,
+                "error": {"type": "JobProcessDied", "message": reason, "traceback": ""},
+            },
+        )
         return Outcome(str(job_dir), "failed", reason)
     if record.get("status") == "ok":
         return Outcome(str(job_dir), "ok")

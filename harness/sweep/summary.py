@@ -37,7 +37,9 @@ def read_outcomes(sweep_dir: Path, run_id: str) -> list[Outcome]:
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [Outcome(r["job_dir"], r["status"], r.get("reason", "")) for r in rows if r.get("run_id") == run_id]
+    return [
+        Outcome(r["job_dir"], r["status"], r.get("reason", "")) for r in rows if r.get("run_id") == run_id
+    ]
 
 
 def format_summary(outcomes: list[Outcome]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 from pathlib import Path
 
@@ -17,10 +18,9 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     elif _CLEAR_REFS.exists():
-        try:
+        # where this is not permitted the peak covers the whole process lifetime
+        with contextlib.suppress(OSError):
             _CLEAR_REFS.write_text("5")
-        except OSError:
-            pass  # not permitted here: the peak then covers the whole process, which peak_memory says
 
 
 def _vm_hwm_bytes() -> int | None:
