@@ -55,8 +55,7 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     seq_len: int = 256
-    lr: float = 2e-4
-    lr_scheduler: str = "constant"
+    lr: float = 2e-4  # constant schedule, as in the paper
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     max_grad_norm: float = 0.3

@@ -199,7 +199,7 @@ def test_throughput_drop_is_reported_and_gated_only_on_request(baseline, tmp_pat
 
 
 def test_tolerance_file_switch_gates_throughput(baseline, tmp_path, capsys):
-    data = yaml.safe_load((ROOT / "conf/compare/tolerances.yaml").read_text())
+    data = yaml.safe_load((ROOT / "harness/compare/tolerances.yaml").read_text())
     for rule in data["rules"]:
         rule.pop("gate", None)
     tolerances = tmp_path / "tolerances.yaml"

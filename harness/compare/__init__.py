@@ -9,7 +9,7 @@ data (source, …), eval (tasks, limit, …), seed and device. A config column t
 git commit, device name) is never part of the key: a change there is exactly what the gate judges.
 
 Which metrics are compared, which way is better and by how much they may worsen is set by
-``conf/compare/tolerances.yaml`` (see :mod:`harness.compare.tolerances`).
+``harness/compare/tolerances.yaml`` (see :mod:`harness.compare.tolerances`).
 
 Baselines live in ``reports/baselines/<sweep>/results.csv``. To refresh one after an intended change,
 on the machine CI runs on::

@@ -1,4 +1,4 @@
-"""Per-metric tolerances, read from one YAML file (default ``conf/compare/tolerances.yaml``).
+"""Per-metric tolerances, read from one YAML file (default ``harness/compare/tolerances.yaml``).
 
 A rule names metrics by glob on the dotted column name (``eval.*.acc*``), says which direction is
 better and how much worsening is still noise. The first rule that matches a metric wins; columns that
@@ -20,7 +20,7 @@ import yaml
 
 from harness.compare.errors import CompareInputError
 
-DEFAULT_TOLERANCES = Path(__file__).resolve().parents[2] / "conf" / "compare" / "tolerances.yaml"
+DEFAULT_TOLERANCES = Path(__file__).resolve().with_name("tolerances.yaml")
 STDERR_SUFFIX = "_stderr"
 DIRECTIONS = ("higher", "lower")
 KINDS = ("abs", "rel", "exact")
