@@ -87,6 +87,15 @@ def _evaluation():
     return evaluate
 
 
+def _error_record(exc: BaseException) -> dict[str, str]:
+    """Exception type, message and the tail of the traceback, as ``result.json`` stores them."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)[-12:]),
+    }
+
+
 def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> dict[str, Any]:
     """Run one job and write ``job_dir/result.json``; returns the result (``status`` ok or failed)."""
     job_dir = Path(job_dir)
@@ -98,11 +107,7 @@ def run_job(cfg: DictConfig, job_dir: str | os.PathLike) -> dict[str, Any]:
         _run(cfg, job_dir, result, timer)
         result["status"] = "ok"
     except Exception as exc:  # every failure is recorded, never lost
-        result["error"] = {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc)[-12:]),
-        }
+        result["error"] = _error_record(exc)
         log.error("job failed: %s: %s", type(exc).__name__, exc)
     finally:
         timer.timings["total"] = round(time.perf_counter() - start, 3)
@@ -194,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m harness.job CONFIG.yaml JOB_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    result = run_job(load_job_config(args[0]), args[1])
+    try:
+        cfg = load_job_config(args[0])
+    except Exception as exc:  # a config this code's schema rejects is still a recorded failure
+        write_result(args[1], {"status": "failed", "error": _error_record(exc)})
+        print(f"job config {args[0]} rejected: {exc}", file=sys.stderr)
+        return 1
+    result = run_job(cfg, args[1])
     return 0 if result["status"] == "ok" else 1
 
 
