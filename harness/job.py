@@ -29,7 +29,8 @@ from harness.model.lora import attach_lora, resolve_targets, validate_lora
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.quant import validate_quant_args
 from harness.result import config_hash, write_result
-from harness.train.loop import train
+from harness.train.loop import TrainResult, train
+from harness.train.memory_model import ModelShape, current_rss_bytes, estimate_peak_memory
 from harness.train.meters import pick_device
 from harness.train.optim import validate_optimizer
 
@@ -130,6 +131,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
     with timer("data"):
         records = load_records(cfg.data)
 
+    baseline_rss = current_rss_bytes()  # libraries and data: the memory model's CPU baseline
     with timer("load"):
         loaded = load_model(cfg.model, dtype)
     result["caveats"] = loaded.caveats
@@ -169,6 +171,7 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
         trained = train(model, examples, cfg.train, loaded.tokenizer.pad_token_id, device, cfg.seed)
     trained.compute_dtype = _dtype_name(dtype)
     result["train"] = trained.to_json()
+    _store_memory_estimate(result, cfg, loaded.model.config, targets, trained, dtype, device, baseline_rss)
     result["lora"] = {
         "r": cfg.lora.r,
         "alpha": cfg.lora.alpha,
@@ -184,6 +187,27 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
             result["eval"] = evaluation.evaluate_model(model, loaded.tokenizer, cfg.eval, cfg.data.data_dir)
         if "eval_before" in result:
             result["eval_delta"] = evaluation.metric_delta(result["eval"], result["eval_before"])
+
+
+def _store_memory_estimate(
+    result: dict[str, Any], cfg: DictConfig, model_config, targets: list[str], trained: TrainResult,
+    dtype: torch.dtype, device: torch.device, baseline_rss: int,
+) -> None:
+    """The analytic peak (harness.train.memory_model) for the largest batch trained, beside the measured one;
+    a model that is not Llama-style gets a caveat instead."""
+    if trained.largest_batch is None:  # no step trained
+        return
+    try:
+        shape = ModelShape.from_config(model_config)
+    except AttributeError as exc:
+        result["caveats"].append(f"no memory estimate: {type(model_config).__name__} is not Llama-style ({exc})")
+        return
+    estimate = estimate_peak_memory(
+        shape, cfg.quant, cfg.lora, cfg.train, targets=targets, batch=trained.largest_batch,
+        compute_dtype=dtype, device=device, baseline_bytes=baseline_rss,
+    )
+    result["train"]["memory_estimate"] = estimate
+    result["train"]["memory_estimate_bytes"] = estimate["total"]
 
 
 def load_job_config(path: str | os.PathLike) -> DictConfig:

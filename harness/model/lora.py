@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from harness.config import LoraConfig
+from harness.model.dropout import use_cheap_lora_dropout
 from harness.quant import QuantLinear
 
 ATTENTION_HINTS = ("attn", "attention")
@@ -86,4 +87,6 @@ def attach_lora(model: nn.Module, cfg: LoraConfig, target_leaves: list[str], see
     )
     peft_config._register_custom_module({QuantLinear: _peft_linear()})
     torch.manual_seed(seed)
-    return get_peft_model(model, peft_config)
+    peft_model = get_peft_model(model, peft_config)
+    use_cheap_lora_dropout(peft_model)
+    return peft_model

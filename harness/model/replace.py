@@ -92,7 +92,9 @@ def _move_unquantized(
     """Move the layers that were not quantized to ``device`` and cast their floating parameters to ``dtype``.
 
     The quantized layers were built on ``device`` already and are left alone: ``model.to(dtype)`` would
-    cast their fp32 quantization constants. Tied parameters (lm_head and embeddings) stay tied.
+    cast their fp32 quantization constants. Tied parameters (lm_head and embeddings) stay tied. Each kept
+    parameter is a copy: a view into the checkpoint's memory map would keep the whole file (the replaced
+    full-precision weights included) resident.
     """
     moved: dict[int, nn.Parameter] = {}
     for name, module in model.named_modules():
@@ -103,7 +105,7 @@ def _move_unquantized(
                 continue
             if id(param) not in moved:
                 target = dtype if param.is_floating_point() else param.dtype
-                moved[id(param)] = nn.Parameter(param.data.to(device, target), requires_grad=False)
+                moved[id(param)] = nn.Parameter(param.data.to(device, target, copy=True), requires_grad=False)
             module._parameters[key] = moved[id(param)]
         for key, buf in module._buffers.items():
             if buf is not None:

@@ -1,0 +1,56 @@
+"""The harness's CPU LoRA dropout: the same distribution as nn.Dropout, unbiased, reproducible under a seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from harness.config import LoraConfig
+from harness.model.dropout import LoraDropout, keep_mask
+from harness.model.lora import attach_lora, resolve_targets
+from harness.model.replace import quantizable_layer_names, replace_linear_layers
+from harness.model.tiny import build_tiny_model
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_keep_rate_and_scale_match_p(p):
+    torch.manual_seed(0)
+    keep, scale = keep_mask(torch.Size([1000, 1000]), p, torch.device("cpu"))
+    assert keep.dtype == torch.bool
+    assert keep.float().mean().item() == pytest.approx(1 - p, abs=2e-3)
+    assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+def test_output_is_unbiased_and_gradient_follows_the_mask():
+    torch.manual_seed(0)
+    x = torch.ones(512, 1024, requires_grad=True)
+    out = LoraDropout(0.1).train()(x)
+    kept = out != 0
+    assert out.detach().mean().item() == pytest.approx(1.0, abs=3e-3)
+    assert torch.all(out[kept] == out[kept][0])
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())
+
+
+def test_same_seed_same_mask_as_checkpoint_recompute_needs():
+    x = torch.randn(64, 96)
+    drop = LoraDropout(0.1).train()
+    torch.manual_seed(3)
+    first = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, drop(x))
+
+
+def test_eval_mode_is_identity():
+    x = torch.randn(8, 16)
+    assert torch.equal(LoraDropout(0.1).eval()(x), x)
+
+
+def test_attach_lora_uses_it_on_every_target():
+    model, _ = build_tiny_model()
+    names = quantizable_layer_names(model, ["lm_head"])
+    replace_linear_layers(model, "nf4", 64, True, torch.float32, torch.device("cpu"), ["lm_head"])
+    peft_model = attach_lora(model, LoraConfig(r=4, dropout=0.1), resolve_targets("all-linear", names), 0)
+    dropouts = [m for m in peft_model.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == len(names) and all(isinstance(m, LoraDropout) for m in dropouts)

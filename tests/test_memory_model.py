@@ -1,0 +1,122 @@
+"""The analytic memory model: each term scales as the setting says, and a real job stores an estimate that
+lands near its measured peak."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import LoraConfig, QuantConfig, TrainConfig
+from harness.job import run_job
+from harness.model.tiny import build_tiny_model
+from harness.train.memory_model import BatchShape, ModelShape, estimate_peak_memory, lora_params
+
+# SmolLM2-135M, the default model
+SMOLLM2 = ModelShape(
+    hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, head_dim=64, vocab=49152, tied_embeddings=True
+)
+ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+CPU = torch.device("cpu")
+
+
+def estimate(
+    quant: QuantConfig | None = None,
+    lora: LoraConfig | None = None,
+    train: TrainConfig | None = None,
+    batch: BatchShape = BatchShape(rows=4, width=256, logit_rows=512),
+    device: torch.device = CPU,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
+    return estimate_peak_memory(
+        SMOLLM2, quant or QuantConfig(), lora or LoraConfig(), train or TrainConfig(),
+        targets=ALL_LINEAR, batch=batch, compute_dtype=dtype, device=device, baseline_bytes=400 * 2**20,
+    )
+
+
+def test_shape_from_config_reads_llama_dimensions():
+    model, _ = build_tiny_model()
+    shape = ModelShape.from_config(model.config)
+    assert (shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.kv_heads) == (64, 128, 2, 4, 2)
+    assert shape.head_dim == 16 and not shape.tied_embeddings
+    per_layer = sum(p.numel() for n, p in model.named_parameters() if "layers.0." in n and "norm" not in n)
+    assert sum(i * o for i, o in shape.linears().values()) == per_layer
+
+
+def test_activations_grow_with_batch_and_seq_len():
+    small = estimate(batch=BatchShape(4, 128, 256))
+    longer = estimate(batch=BatchShape(4, 256, 256))
+    wider = estimate(batch=BatchShape(8, 128, 256))
+    for grown in (longer, wider):
+        assert grown["terms"]["saved_activations"] == 2 * small["terms"]["saved_activations"]
+        assert grown["terms"]["layer_recompute"] == 2 * small["terms"]["layer_recompute"]
+        assert grown["total"] > small["total"]
+    assert estimate(batch=BatchShape(4, 128, 512))["terms"]["loss_buffers"] == 2 * small["terms"]["loss_buffers"]
+
+
+def test_loss_buffers_are_fp32_logit_rows_times_vocab():
+    terms = estimate(batch=BatchShape(4, 256, 300))["terms"]
+    assert terms["loss_buffers"] == 3 * 4 * 300 * SMOLLM2.vocab
+
+
+def test_checkpointing_keeps_only_layer_inputs():
+    on = estimate(train=TrainConfig(gradient_checkpointing=True))
+    off = estimate(train=TrainConfig(gradient_checkpointing=False))
+    assert on["terms"]["saved_activations"] < off["terms"]["saved_activations"] / 10
+    assert on["terms"]["layer_recompute"] > 0 and off["terms"]["layer_recompute"] == 0
+    assert on["total"] < off["total"]
+
+
+def test_four_bit_weights_are_4127_sixteenths_of_bf16():
+    nf4 = estimate(QuantConfig(storage="nf4", blocksize=64, double_quant=True))["terms"]["quantized_weights"]
+    bf16 = estimate(QuantConfig(storage="bf16"))["terms"]["quantized_weights"]
+    assert nf4 / bf16 == pytest.approx(4.127 / 16, rel=1e-3)
+    no_dq = estimate(QuantConfig(storage="int4", blocksize=64, double_quant=False))["terms"]["quantized_weights"]
+    assert no_dq / bf16 == pytest.approx(4.5 / 16, rel=1e-6)
+
+
+def test_skipped_linears_stay_in_compute_dtype():
+    base = estimate()["terms"]
+    skipped = estimate(QuantConfig(skip_modules=["lm_head", "down_proj"]))["terms"]
+    down = SMOLLM2.layers * SMOLLM2.intermediate * SMOLLM2.hidden
+    assert skipped["unquantized_params"] - base["unquantized_params"] == down * 4
+    assert skipped["quantized_weights"] < base["quantized_weights"]
+
+
+def test_optimizer_state_is_two_fp32_states_or_two_bytes_at_8_bit():
+    adamw = estimate(train=TrainConfig(optimizer="adamw"))["terms"]
+    eight_bit = estimate(train=TrainConfig(optimizer="paged_adamw_8bit"))["terms"]
+    assert adamw["optimizer_state"] == 2 * adamw["lora_params"]
+    assert adamw["optimizer_state"] / eight_bit["optimizer_state"] == pytest.approx(4 / (1 + 4 / 256))
+
+
+def test_paged_state_is_outside_the_cuda_allocator_total():
+    paged = estimate(train=TrainConfig(optimizer="paged_adamw_32bit"), device=torch.device("cuda"))
+    assert paged["terms"]["optimizer_state"] == 0 and paged["terms"]["baseline_rss"] == 0
+    assert paged["paged_optimizer_state"] == 2 * paged["terms"]["lora_params"]
+
+
+def test_lora_scales_with_rank_and_dropout_costs_a_mask_and_a_copy():
+    assert lora_params(SMOLLM2, 64, ALL_LINEAR) == 4 * lora_params(SMOLLM2, 16, ALL_LINEAR)
+    r64, r16 = estimate(lora=LoraConfig(r=64))["terms"], estimate(lora=LoraConfig(r=16))["terms"]
+    assert r64["lora_grads"] == 4 * r16["lora_grads"] and r64["layer_recompute"] > r16["layer_recompute"]
+    no_dropout = estimate(lora=LoraConfig(r=64, dropout=0.0))["terms"]
+    assert no_dropout["layer_recompute"] < r64["layer_recompute"]
+
+
+def test_bf16_halves_the_frozen_path_but_not_the_loss_buffers():
+    fp32 = estimate()["terms"]
+    bf16 = estimate(dtype=torch.bfloat16)["terms"]
+    assert bf16["unquantized_params"] * 2 == fp32["unquantized_params"]
+    assert bf16["loss_buffers"] > fp32["loss_buffers"]  # the bf16 logits come on top of the fp32 ones
+
+
+def test_job_stores_an_estimate_near_its_measured_peak(job_config, tmp_path):
+    """A real tiny job: the stored estimate is within a loose factor of the measured peak RSS."""
+    cfg = job_config("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=64", "train.steps=4")
+    result = run_job(cfg, tmp_path)
+    assert result["status"] == "ok", result.get("error")
+    train = result["train"]
+    estimate_bytes, peak = train["memory_estimate_bytes"], train["peak_memory_bytes"]
+    assert estimate_bytes == train["memory_estimate"]["total"]
+    assert train["memory_estimate"]["terms"]["baseline_rss"] > 0
+    assert 0.5 < estimate_bytes / peak < 2.0, (estimate_bytes, peak)
