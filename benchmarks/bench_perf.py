@@ -182,8 +182,12 @@ def run_standard(s: Settings) -> dict:
     model = get_peft_model(
         model,
         LoraConfig(
-            r=s.rank, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT, target_modules="all-linear",
-            bias="none", task_type="CAUSAL_LM",
+            r=s.rank,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=LORA_DROPOUT,
+            target_modules="all-linear",
+            bias="none",
+            task_type="CAUSAL_LM",
         ),
     )
     if s.standard_order == "same":
@@ -338,14 +342,20 @@ def run_bare(s: Settings, profile: bool = False) -> dict:
         clock.step_done()
     if profile:
         step = lambda i: bare_step(  # noqa: E731
-            model, optimizer, trainable, collate([examples[j] for j in i], tokenizer.pad_token_id), device,
+            model,
+            optimizer,
+            trainable,
+            collate([examples[j] for j in i], tokenizer.pad_token_id),
+            device,
             response_rows,
         )
         return profile_steps([lambda i=i: step(i) for i in batches[s.warmup : s.warmup + 2]], device)
     return {**clock.summary(tokens, s.warmup), "loss": torch.stack(losses).tolist(), **memory_fields(device)}
 
 
-def bare_step(model, optimizer, trainable, batch: dict, device: torch.device, response_rows: bool) -> torch.Tensor:
+def bare_step(
+    model, optimizer, trainable, batch: dict, device: torch.device, response_rows: bool
+) -> torch.Tensor:
     """One optimizer step with the harness's loss (so that bare vs harness isolates the loop's overhead)."""
     from harness.train.loop import causal_lm_loss
 
@@ -412,7 +422,9 @@ def dequant_matmul_ms(s: Settings, repeats: int = 5) -> dict:
 
     with torch.inference_mode():
         ms, _ = timed_in_turns({st: lambda m=m: forward(m) for st, m in layers.items()}, repeats)
-        deq, _ = timed_in_turns({st: lambda m=m: m.qweight.dequantize(dtype) for st, m in layers.items()}, repeats)
+        deq, _ = timed_in_turns(
+            {st: lambda m=m: m.qweight.dequantize(dtype) for st, m in layers.items()}, repeats
+        )
     shape = f"{config.intermediate_size}x{config.hidden_size} (gate_proj), x {s.batch_size}x{s.seq_len}"
     return {"shape": shape, "forward_ms": ms, "dequantize_ms": deq}
 
@@ -455,9 +467,23 @@ def best_run(runs: list[dict]) -> dict:
 
 def settings_args(s: Settings) -> list[str]:
     return [
-        "--steps", str(s.steps), "--warmup", str(s.warmup), "--rank", str(s.rank), "--seq-len", str(s.seq_len),
-        "--batch-size", str(s.batch_size), "--seed", str(s.seed), "--standard-order", s.standard_order,
-        "--optimizer", s.optimizer, *(["--pack"] if s.pack else []),
+        "--steps",
+        str(s.steps),
+        "--warmup",
+        str(s.warmup),
+        "--rank",
+        str(s.rank),
+        "--seq-len",
+        str(s.seq_len),
+        "--batch-size",
+        str(s.batch_size),
+        "--seed",
+        str(s.seed),
+        "--standard-order",
+        s.standard_order,
+        "--optimizer",
+        s.optimizer,
+        *(["--pack"] if s.pack else []),
     ]
 
 
@@ -479,7 +505,12 @@ def results_table(results: dict[str, dict]) -> str:
         for name, r in results.items()
     ]
     headers = [
-        "path", "tokens/s best (runs)", "median step s", "peak MiB (runs)", "file-backed MiB (end)", "final loss",
+        "path",
+        "tokens/s best (runs)",
+        "median step s",
+        "peak MiB (runs)",
+        "file-backed MiB (end)",
+        "final loss",
         "load (best run)",
     ]
     return markdown(headers, rows)
@@ -499,7 +530,9 @@ def ratio_lines(results: dict[str, dict]) -> list[str]:
         lines.append(f"- harness overhead over the bare loop: **{overhead:+.1%}** (goal ≤ +3 %)")
     if b and b.get("memory_estimate_bytes"):
         error = b["memory_estimate_bytes"] / b["peak_memory_bytes"] - 1
-        lines.append(f"- memory model for the harness job: {mib(b['memory_estimate_bytes'])} MiB, {error:+.1%}")
+        lines.append(
+            f"- memory model for the harness job: {mib(b['memory_estimate_bytes'])} MiB, {error:+.1%}"
+        )
     return lines
 
 
@@ -551,32 +584,37 @@ def machine() -> str:
 
 def report(s: Settings, results: dict[str, dict], dequant: dict, seconds: float) -> str:
     device, dtype = device_and_dtype()
-    memory = "max_memory_allocated" if device.type == "cuda" else "peak resident set (VmHWM reset at train start)"
-    return "\n\n".join(
-        [
-            f"# Training throughput and memory: standard path vs qlora-bench ({device.type.upper()})",
-            "\n".join(
-                [
-                    f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-                    f"- command: `{shlex.join(sys.orig_argv)}`",
-                    f"- machine: {machine()}",
-                    f"- {versions()}",
-                    f"- setup: {MODEL}, NF4 + double quant, block 64, LoRA r {s.rank} alpha {LORA_ALPHA} dropout "
-                    f"{LORA_DROPOUT} all-linear, batch {s.batch_size}, seq len {s.seq_len}, {s.warmup} warm-up + "
-                    f"{s.steps} measured steps, {str(dtype).removeprefix('torch.')} compute, gradient "
-                    f"checkpointing, AdamW lr {LR} constant, max grad norm {MAX_GRAD_NORM}, seed {s.seed}; data "
-                    f"{DATA} (standard path order: {s.standard_order}); total run {seconds:.0f} s",
-                    f"- tokens/s: non-padding tokens per second after the warm-up; peak memory: {memory}; "
-                    "load: 1/5/15-minute load average before → after each path (above the core count, other "
-                    "jobs shared the cores and times are noisy)",
-                ]
-            ),
-            results_table(results),
-            "\n".join(ratio_lines(results)),
-            "## Loss per step\n\n" + loss_table(results),
-            f"## Int4 vs bitsandbytes NF4, one layer ({dequant['shape']})\n\n" + dequant_table(dequant),
-        ]
-    ) + "\n"
+    memory = (
+        "max_memory_allocated" if device.type == "cuda" else "peak resident set (VmHWM reset at train start)"
+    )
+    return (
+        "\n\n".join(
+            [
+                f"# Training throughput and memory: standard path vs qlora-bench ({device.type.upper()})",
+                "\n".join(
+                    [
+                        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+                        f"- command: `{shlex.join(sys.orig_argv)}`",
+                        f"- machine: {machine()}",
+                        f"- {versions()}",
+                        f"- setup: {MODEL}, NF4 + double quant, block 64, LoRA r {s.rank} alpha {LORA_ALPHA} dropout "
+                        f"{LORA_DROPOUT} all-linear, batch {s.batch_size}, seq len {s.seq_len}, {s.warmup} warm-up + "
+                        f"{s.steps} measured steps, {str(dtype).removeprefix('torch.')} compute, gradient "
+                        f"checkpointing, AdamW lr {LR} constant, max grad norm {MAX_GRAD_NORM}, seed {s.seed}; data "
+                        f"{DATA} (standard path order: {s.standard_order}); total run {seconds:.0f} s",
+                        f"- tokens/s: non-padding tokens per second after the warm-up; peak memory: {memory}; "
+                        "load: 1/5/15-minute load average before → after each path (above the core count, other "
+                        "jobs shared the cores and times are noisy)",
+                    ]
+                ),
+                results_table(results),
+                "\n".join(ratio_lines(results)),
+                "## Loss per step\n\n" + loss_table(results),
+                f"## Int4 vs bitsandbytes NF4, one layer ({dequant['shape']})\n\n" + dequant_table(dequant),
+            ]
+        )
+        + "\n"
+    )
 
 
 def paged_comparison(s: Settings, seq_len: int) -> str:
@@ -589,9 +627,11 @@ def paged_comparison(s: Settings, seq_len: int) -> str:
         r = spawn("bare", Settings(**{**asdict(long), "optimizer": optimizer}))
         rows.append([optimizer, mib(r["peak_memory_bytes"]), mib(r.get("peak_memory_reserved_bytes"))])
     note = "paged state lives in unified memory outside torch's allocator, so max_memory_allocated omits it"
-    return f"## Paged optimizer, seq len {seq_len}\n\n" + markdown(
-        ["optimizer", "max allocated MiB", "max reserved MiB"], rows
-    ) + f"\n\n{note}\n"
+    return (
+        f"## Paged optimizer, seq len {seq_len}\n\n"
+        + markdown(["optimizer", "max allocated MiB", "max reserved MiB"], rows)
+        + f"\n\n{note}\n"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -602,8 +642,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--standard-order", choices=("same", "random", "group_by_length"), default="same",
-                   help="same: the standard path trains on the harness's batches; else the Trainer's sampler")
+    p.add_argument(
+        "--standard-order",
+        choices=("same", "random", "group_by_length"),
+        default="same",
+        help="same: the standard path trains on the harness's batches; else the Trainer's sampler",
+    )
     p.add_argument("--optimizer", default="adamw", help=argparse.SUPPRESS)
     p.add_argument("--pack", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
@@ -620,8 +664,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     s = Settings(
-        args.steps, args.warmup, args.rank, args.seq_len, args.batch_size, args.seed, args.standard_order,
-        args.optimizer, args.pack,
+        args.steps,
+        args.warmup,
+        args.rank,
+        args.seq_len,
+        args.batch_size,
+        args.seed,
+        args.standard_order,
+        args.optimizer,
+        args.pack,
     )
     if args.worker:
         run_worker(args.worker, s, args.result, args.profile)

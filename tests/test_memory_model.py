@@ -13,7 +13,14 @@ from harness.train.memory_model import BatchShape, ModelShape, estimate_peak_mem
 
 # SmolLM2-135M, the default model
 SMOLLM2 = ModelShape(
-    hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, head_dim=64, vocab=49152, tied_embeddings=True
+    hidden=576,
+    intermediate=1536,
+    layers=30,
+    heads=9,
+    kv_heads=3,
+    head_dim=64,
+    vocab=49152,
+    tied_embeddings=True,
 )
 ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 CPU = torch.device("cpu")
@@ -28,8 +35,15 @@ def estimate(
     dtype: torch.dtype = torch.float32,
 ) -> dict:
     return estimate_peak_memory(
-        SMOLLM2, quant or QuantConfig(), lora or LoraConfig(), train or TrainConfig(),
-        targets=ALL_LINEAR, batch=batch, compute_dtype=dtype, device=device, baseline_bytes=400 * 2**20,
+        SMOLLM2,
+        quant or QuantConfig(),
+        lora or LoraConfig(),
+        train or TrainConfig(),
+        targets=ALL_LINEAR,
+        batch=batch,
+        compute_dtype=dtype,
+        device=device,
+        baseline_bytes=400 * 2**20,
     )
 
 
@@ -50,7 +64,9 @@ def test_activations_grow_with_batch_and_seq_len():
         assert grown["terms"]["saved_activations"] == 2 * small["terms"]["saved_activations"]
         assert grown["terms"]["layer_recompute"] == 2 * small["terms"]["layer_recompute"]
         assert grown["total"] > small["total"]
-    assert estimate(batch=BatchShape(4, 128, 512))["terms"]["loss_buffers"] == 2 * small["terms"]["loss_buffers"]
+    assert (
+        estimate(batch=BatchShape(4, 128, 512))["terms"]["loss_buffers"] == 2 * small["terms"]["loss_buffers"]
+    )
 
 
 def test_loss_buffers_are_fp32_logit_rows_times_vocab():
@@ -70,7 +86,9 @@ def test_four_bit_weights_are_4127_sixteenths_of_bf16():
     nf4 = estimate(QuantConfig(storage="nf4", blocksize=64, double_quant=True))["terms"]["quantized_weights"]
     bf16 = estimate(QuantConfig(storage="bf16"))["terms"]["quantized_weights"]
     assert nf4 / bf16 == pytest.approx(4.127 / 16, rel=1e-3)
-    no_dq = estimate(QuantConfig(storage="int4", blocksize=64, double_quant=False))["terms"]["quantized_weights"]
+    no_dq = estimate(QuantConfig(storage="int4", blocksize=64, double_quant=False))["terms"][
+        "quantized_weights"
+    ]
     assert no_dq / bf16 == pytest.approx(4.5 / 16, rel=1e-6)
 
 

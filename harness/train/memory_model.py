@@ -31,8 +31,13 @@ OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8b
 STORAGE_BITS = {"int8": 8.0, "bf16": 16.0, "fp16": 16.0, "fp32": 32.0}
 # Which activation each linear layer of a block reads: targets sharing an input share it when dropout is 0.
 LINEAR_INPUTS = {
-    "q_proj": "attention_in", "k_proj": "attention_in", "v_proj": "attention_in", "o_proj": "attention_out",
-    "gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_hidden",
+    "q_proj": "attention_in",
+    "k_proj": "attention_in",
+    "v_proj": "attention_in",
+    "o_proj": "attention_out",
+    "gate_proj": "mlp_in",
+    "up_proj": "mlp_in",
+    "down_proj": "mlp_hidden",
 }
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
@@ -74,8 +79,13 @@ class ModelShape:
         h, i = self.hidden, self.intermediate
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         return {
-            "q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
         }
 
 
@@ -160,8 +170,13 @@ def block_saved(shape: ModelShape, tokens: int, compute_bytes: int) -> int:
 
 
 def activation_terms(
-    shape: ModelShape, lora, targets: list[str], checkpointing: bool, batch: BatchShape,
-    compute_bytes: int, mask_bytes: int,
+    shape: ModelShape,
+    lora,
+    targets: list[str],
+    checkpointing: bool,
+    batch: BatchShape,
+    compute_bytes: int,
+    mask_bytes: int,
 ) -> dict[str, int]:
     """Saved activations, the recomputed layer, its backward buffers and the loss buffers."""
     n = batch.tokens
@@ -216,7 +231,9 @@ def estimate_peak_memory(
             shape, lora, targets, train.gradient_checkpointing, batch, compute_bytes, dropout_mask_bytes
         ),
     }
-    resident = sum(terms[k] for k in ("baseline_rss", "quantized_weights", "unquantized_params", "lora_params"))
+    resident = sum(
+        terms[k] for k in ("baseline_rss", "quantized_weights", "unquantized_params", "lora_params")
+    )
     resident += terms["optimizer_state"]
     phases = {
         "loss": resident + terms["saved_activations"] + terms["loss_buffers"],
