@@ -1,4 +1,4 @@
-"""Training throughput and peak memory: the standard transformers + bitsandbytes + peft path against qlora-bench.
+"""Training throughput and peak memory: the standard transformers + bitsandbytes + peft path vs qlora-bench.
 
 One QLoRA setup (SmolLM2-135M from the cached safetensors directory, NF4 + double quantization at block 64,
 LoRA r 16 alpha 16 dropout 0.1 on all linear layers, batch 4, sequence length 256, constant lr 2e-4, max grad
@@ -65,6 +65,7 @@ class Settings:
     seed: int
     standard_order: str  # same | random | group_by_length
     optimizer: str = "adamw"
+    checkpointing: bool = True
     pack: bool = False  # concatenate examples into rows of exactly seq_len tokens (long-sequence runs)
 
     @property
@@ -130,7 +131,7 @@ class StepClock:
         begin = ends[warmup - 1] if warmup else self.start
         seconds = ends[-1] - begin
         measured = sum(tokens[warmup : len(ends)])
-        steps = [b - a for a, b in zip([self.start, *ends], ends)][warmup:]
+        steps = [b - a for a, b in zip([self.start, *ends[:-1]], ends, strict=True)][warmup:]
         return {
             "tokens_per_s": measured / seconds,
             "measured_tokens": measured,
@@ -140,7 +141,7 @@ class StepClock:
 
 
 def memory_fields(device: torch.device) -> dict:
-    """Peak since the reset, plus (CPU) the file-backed part of the resident set now: mapped checkpoint pages."""
+    """Peak since the reset, plus (CPU) the file-backed part of the resident set now (mapped checkpoints)."""
     fields = peak_memory(device)
     if device.type == "cpu":
         status = Path("/proc/self/status").read_text().splitlines()
@@ -262,7 +263,7 @@ def job_overrides(s: Settings, device: torch.device) -> list[str]:
         f"train.max_grad_norm={MAX_GRAD_NORM}",
         f"train.optimizer={s.optimizer}",
         "train.grad_accum=1",
-        "train.gradient_checkpointing=true",
+        f"train.gradient_checkpointing={str(s.checkpointing).lower()}",
         "train.group_by_length=true",
         f"seed={s.seed}",
         f"device={device.type}",
@@ -294,6 +295,8 @@ def run_harness(s: Settings) -> dict:
         **memory_fields(device),
         "peak_memory_bytes": train["peak_memory_bytes"],
         "memory_estimate_bytes": train.get("memory_estimate_bytes"),
+        "memory_estimate": train.get("memory_estimate"),
+        "largest_batch": train.get("largest_batch"),
     }
 
 
@@ -444,7 +447,16 @@ def spawn(path: str, s: Settings, profile: bool = False) -> dict:
     """One path in a fresh process (its own peak memory); returns its JSON result."""
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--worker", path, "--result", str(out), *settings_args(s)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            path,
+            "--result",
+            str(out),
+            "--settings",
+            json.dumps(asdict(s)),
+        ]
         if profile:
             cmd.append("--profile")
         start = time.perf_counter()
@@ -463,28 +475,6 @@ def best_run(runs: list[dict]) -> dict:
         "tokens_per_s_runs": [r["tokens_per_s"] for r in runs],
         "peak_memory_bytes_runs": [r["peak_memory_bytes"] for r in runs],
     }
-
-
-def settings_args(s: Settings) -> list[str]:
-    return [
-        "--steps",
-        str(s.steps),
-        "--warmup",
-        str(s.warmup),
-        "--rank",
-        str(s.rank),
-        "--seq-len",
-        str(s.seq_len),
-        "--batch-size",
-        str(s.batch_size),
-        "--seed",
-        str(s.seed),
-        "--standard-order",
-        s.standard_order,
-        "--optimizer",
-        s.optimizer,
-        *(["--pack"] if s.pack else []),
-    ]
 
 
 def mib(value: float | None) -> str:
@@ -582,39 +572,42 @@ def machine() -> str:
     )
 
 
-def report(s: Settings, results: dict[str, dict], dequant: dict, seconds: float) -> str:
+def header(s: Settings, seconds: float) -> str:
+    """Machine, versions, date, the exact command and the setup."""
     device, dtype = device_and_dtype()
     memory = (
         "max_memory_allocated" if device.type == "cuda" else "peak resident set (VmHWM reset at train start)"
     )
-    return (
-        "\n\n".join(
-            [
-                f"# Training throughput and memory: standard path vs qlora-bench ({device.type.upper()})",
-                "\n".join(
-                    [
-                        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-                        f"- command: `{shlex.join(sys.orig_argv)}`",
-                        f"- machine: {machine()}",
-                        f"- {versions()}",
-                        f"- setup: {MODEL}, NF4 + double quant, block 64, LoRA r {s.rank} alpha {LORA_ALPHA} dropout "
-                        f"{LORA_DROPOUT} all-linear, batch {s.batch_size}, seq len {s.seq_len}, {s.warmup} warm-up + "
-                        f"{s.steps} measured steps, {str(dtype).removeprefix('torch.')} compute, gradient "
-                        f"checkpointing, AdamW lr {LR} constant, max grad norm {MAX_GRAD_NORM}, seed {s.seed}; data "
-                        f"{DATA} (standard path order: {s.standard_order}); total run {seconds:.0f} s",
-                        f"- tokens/s: non-padding tokens per second after the warm-up; peak memory: {memory}; "
-                        "load: 1/5/15-minute load average before → after each path (above the core count, other "
-                        "jobs shared the cores and times are noisy)",
-                    ]
-                ),
-                results_table(results),
-                "\n".join(ratio_lines(results)),
-                "## Loss per step\n\n" + loss_table(results),
-                f"## Int4 vs bitsandbytes NF4, one layer ({dequant['shape']})\n\n" + dequant_table(dequant),
-            ]
-        )
-        + "\n"
+    setup = (
+        f"{MODEL}, NF4 + double quant, block 64, LoRA r {s.rank} alpha {LORA_ALPHA} dropout {LORA_DROPOUT} "
+        f"all-linear, batch {s.batch_size}, seq len {s.seq_len}, {s.warmup} warm-up + {s.steps} measured "
+        f"steps, {str(dtype).removeprefix('torch.')} compute, gradient checkpointing, AdamW lr {LR}, "
+        f"max grad norm {MAX_GRAD_NORM}, seed {s.seed}; data {DATA} (standard path order: {s.standard_order})"
     )
+    lines = [
+        f"# Training throughput and memory: standard path vs qlora-bench ({device.type.upper()})",
+        "",
+        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+        f"- command: `{shlex.join(sys.orig_argv)}`",
+        f"- machine: {machine()}",
+        f"- {versions()}",
+        f"- setup: {setup}; total run {seconds:.0f} s",
+        f"- tokens/s: non-padding tokens per second after the warm-up; peak memory: {memory}; load: "
+        "1/5/15-min load average before → after the run (above the core count, other jobs shared the cores "
+        "and times are noisy)",
+    ]
+    return "\n".join(lines)
+
+
+def report(s: Settings, results: dict[str, dict], dequant: dict, seconds: float) -> str:
+    sections = [
+        header(s, seconds),
+        results_table(results),
+        "\n".join(ratio_lines(results)),
+        "## Loss per step\n\n" + loss_table(results),
+        f"## Int4 vs bitsandbytes NF4, one layer ({dequant['shape']})\n\n" + dequant_table(dequant),
+    ]
+    return "\n\n".join(sections) + "\n"
 
 
 def paged_comparison(s: Settings, seq_len: int) -> str:
@@ -634,6 +627,37 @@ def paged_comparison(s: Settings, seq_len: int) -> str:
     )
 
 
+def memory_grid(s: Settings) -> str:
+    """The memory model against the measured peak of a harness job, for checkpointing on/off and r 16/64."""
+    rows = []
+    for checkpointing in (True, False):
+        for rank in (16, 64):
+            r = spawn("harness", Settings(**{**asdict(s), "rank": rank, "checkpointing": checkpointing}))
+            estimate = r["memory_estimate"]
+            terms = sorted(estimate["terms"].items(), key=lambda kv: -kv[1])[:4]
+            rows.append(
+                [
+                    f"r {rank}, checkpointing {'on' if checkpointing else 'off'}",
+                    mib(r["peak_memory_bytes"]),
+                    mib(estimate["total"]),
+                    f"{estimate['total'] / r['peak_memory_bytes'] - 1:+.1%}",
+                    estimate["peak_phase"],
+                    ", ".join(f"{name} {mib(value)}" for name, value in terms),
+                    "{rows}x{width}, {logit_rows} logit rows".format(**r["largest_batch"]),
+                ]
+            )
+    headers = [
+        "setting",
+        "measured MiB",
+        "estimate MiB",
+        "error",
+        "peak phase",
+        "largest terms (MiB)",
+        "batch",
+    ]
+    return markdown(headers, rows)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=8, help="measured steps after the warm-up")
@@ -648,8 +672,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="same",
         help="same: the standard path trains on the harness's batches; else the Trainer's sampler",
     )
-    p.add_argument("--optimizer", default="adamw", help=argparse.SUPPRESS)
-    p.add_argument("--pack", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--memory-grid",
+        action="store_true",
+        help="memory model vs measured peak of harness jobs, checkpointing on/off x r 16/64, then stop",
+    )
     p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
     p.add_argument("--repeats", type=int, default=2, help="runs per path, in turns; the fastest is reported")
     p.add_argument("--paged", action="store_true", help="CUDA: peak memory of paged_adamw_32bit vs adamw")
@@ -658,24 +685,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="default reports/perf/bench_<device>.md")
     p.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    s = Settings(
-        args.steps,
-        args.warmup,
-        args.rank,
-        args.seq_len,
-        args.batch_size,
-        args.seed,
-        args.standard_order,
-        args.optimizer,
-        args.pack,
-    )
     if args.worker:
-        run_worker(args.worker, s, args.result, args.profile)
+        run_worker(args.worker, Settings(**json.loads(args.settings)), args.result, args.profile)
+        return
+    s = Settings(
+        steps=args.steps,
+        warmup=args.warmup,
+        rank=args.rank,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        standard_order=args.standard_order,
+    )
+    if args.memory_grid:
+        print(memory_grid(s))
         return
     if args.profile:
         r = spawn("bare", s, profile=True)

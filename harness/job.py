@@ -190,8 +190,14 @@ def _run(cfg: DictConfig, job_dir: Path, result: dict[str, Any], timer: Timer) -
 
 
 def _store_memory_estimate(
-    result: dict[str, Any], cfg: DictConfig, model_config, targets: list[str], trained: TrainResult,
-    dtype: torch.dtype, device: torch.device, baseline_rss: int,
+    result: dict[str, Any],
+    cfg: DictConfig,
+    model_config,
+    targets: list[str],
+    trained: TrainResult,
+    dtype: torch.dtype,
+    device: torch.device,
+    baseline_rss: int,
 ) -> None:
     """The analytic peak (harness.train.memory_model) for the largest batch trained, beside the measured one;
     a model that is not Llama-style gets a caveat instead."""
@@ -200,11 +206,19 @@ def _store_memory_estimate(
     try:
         shape = ModelShape.from_config(model_config)
     except AttributeError as exc:
-        result["caveats"].append(f"no memory estimate: {type(model_config).__name__} is not Llama-style ({exc})")
+        name = type(model_config).__name__
+        result["caveats"].append(f"no memory estimate: {name} is not Llama-style ({exc})")
         return
     estimate = estimate_peak_memory(
-        shape, cfg.quant, cfg.lora, cfg.train, targets=targets, batch=trained.largest_batch,
-        compute_dtype=dtype, device=device, baseline_bytes=baseline_rss,
+        shape,
+        cfg.quant,
+        cfg.lora,
+        cfg.train,
+        targets=targets,
+        batch=trained.largest_batch,
+        compute_dtype=dtype,
+        device=device,
+        baseline_bytes=baseline_rss,
     )
     result["train"]["memory_estimate"] = estimate
     result["train"]["memory_estimate_bytes"] = estimate["total"]

@@ -1,4 +1,4 @@
-"""The harness's CPU LoRA dropout: the same distribution as nn.Dropout, unbiased, reproducible under a seed."""
+"""The harness's CPU LoRA dropout: nn.Dropout's distribution, unbiased, reproducible under a seed."""
 
 from __future__ import annotations
 

@@ -24,13 +24,14 @@ SMOLLM2 = ModelShape(
 )
 ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 CPU = torch.device("cpu")
+DEFAULT_BATCH = BatchShape(rows=4, width=256, logit_rows=512)
 
 
 def estimate(
     quant: QuantConfig | None = None,
     lora: LoraConfig | None = None,
     train: TrainConfig | None = None,
-    batch: BatchShape = BatchShape(rows=4, width=256, logit_rows=512),
+    batch: BatchShape = DEFAULT_BATCH,
     device: torch.device = CPU,
     dtype: torch.dtype = torch.float32,
 ) -> dict:
@@ -63,6 +64,7 @@ def test_activations_grow_with_batch_and_seq_len():
     for grown in (longer, wider):
         assert grown["terms"]["saved_activations"] == 2 * small["terms"]["saved_activations"]
         assert grown["terms"]["layer_recompute"] == 2 * small["terms"]["layer_recompute"]
+        assert grown["terms"]["heap_retention"] == pytest.approx(2 * small["terms"]["heap_retention"], abs=1)
         assert grown["total"] > small["total"]
     assert (
         estimate(batch=BatchShape(4, 128, 512))["terms"]["loss_buffers"] == 2 * small["terms"]["loss_buffers"]
@@ -110,6 +112,7 @@ def test_optimizer_state_is_two_fp32_states_or_two_bytes_at_8_bit():
 def test_paged_state_is_outside_the_cuda_allocator_total():
     paged = estimate(train=TrainConfig(optimizer="paged_adamw_32bit"), device=torch.device("cuda"))
     assert paged["terms"]["optimizer_state"] == 0 and paged["terms"]["baseline_rss"] == 0
+    assert paged["terms"]["heap_retention"] == 0  # the CUDA allocator statistic counts live tensors only
     assert paged["paged_optimizer_state"] == 2 * paged["terms"]["lora_params"]
 
 

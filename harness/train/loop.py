@@ -75,7 +75,9 @@ def response_rows_only(model: torch.nn.Module) -> bool:
     return getattr(model.config, "model_type", None) in PLAIN_HEAD_MODELS
 
 
-def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], response_rows: bool) -> torch.Tensor:
+def causal_lm_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], response_rows: bool
+) -> torch.Tensor:
     """Mean cross-entropy over the response tokens: the value ``model(**batch).loss`` returns.
 
     With ``response_rows`` lm_head and the cross-entropy run on the rows that have a label only, instead of

@@ -10,8 +10,9 @@ each layer's input is kept, and one layer is recomputed at a time in backward.
 
 The peak is the largest of three moments of a step (every one after the first, when the optimizer state
 exists): the loss (all saved activations plus the logits/cross-entropy buffers), the backward of a
-recomputed layer, and the optimizer step. On CPU the measured peak is the resident set, so the process's
-baseline (libraries, data; measured before the model is loaded) is a term of its own.
+recomputed layer, and the optimizer step. On CPU the measured peak is the resident set, so two more terms
+count: the process's baseline (libraries, data; measured before the model is loaded) and what glibc's
+heap keeps of freed activations (``HEAP_RETENTION``, fitted to measurements, see reports/perf/).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ LOSS_BUFFERS = 3
 # Backward of a recomputed layer: gradients of the MLP's intermediate activations (down_proj input, SiLU
 # output, up and gate outputs) overlap before they are reduced to the hidden size.
 BACKWARD_INTERMEDIATE_BUFFERS = 4
+# CPU only, fitted: glibc's heap does not give back the chunks that a step's temporaries freed between
+# longer-lived tensors, so a job's resident set stays above its live tensors by about the activations one
+# forward pass without checkpointing would save: measured 0.87-1.09 of them over nine SmolLM2-135M jobs
+# (r 16/64, checkpointing on/off, 4 x 199 tokens; reports/perf/). CUDA's allocator statistic counts live
+# tensors only.
+HEAP_RETENTION = 1.0
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ def _is_skipped(leaf: str, skip_modules) -> bool:
 
 
 def weight_terms(shape: ModelShape, quant, compute_bytes: int) -> dict[str, int]:
-    """Frozen weights: quantized linear layers at their storage's bits/param, the rest in the compute dtype."""
+    """Frozen weights: quantized linear layers at their storage's bits/param, the rest in compute dtype."""
     bits = weight_bits(quant.storage, quant.blocksize, quant.double_quant)
     quantized = skipped = 0
     for leaf, (fan_in, fan_out) in shape.linears().items():
@@ -177,8 +184,10 @@ def activation_terms(
     batch: BatchShape,
     compute_bytes: int,
     mask_bytes: int,
+    heap: bool,
 ) -> dict[str, int]:
-    """Saved activations, the recomputed layer, its backward buffers and the loss buffers."""
+    """Saved activations, the recomputed layer, its backward buffers, the loss buffers and (``heap``: on
+    CPU) what the heap retains of freed activations."""
     n = batch.tokens
     layer = block_saved(shape, n, compute_bytes) + lora_saved(shape, lora, targets, n, mask_bytes)
     final_norm = n * shape.hidden * 4
@@ -192,6 +201,7 @@ def activation_terms(
         "layer_recompute": layer if checkpointing else 0,
         "layer_backward_buffers": BACKWARD_INTERMEDIATE_BUFFERS * n * shape.intermediate * compute_bytes,
         "loss_buffers": batch.logit_rows * shape.vocab * (LOSS_BUFFERS * LOSS_BYTES + upcast),
+        "heap_retention": round(HEAP_RETENTION * shape.layers * layer) if heap else 0,
     }
 
 
@@ -228,11 +238,19 @@ def estimate_peak_memory(
         "lora_grads": trainable * LORA_BYTES,
         "dequantized_weight": max(i * o for i, o in shape.linears().values()) * compute_bytes,
         **activation_terms(
-            shape, lora, targets, train.gradient_checkpointing, batch, compute_bytes, dropout_mask_bytes
+            shape,
+            lora,
+            targets,
+            train.gradient_checkpointing,
+            batch,
+            compute_bytes,
+            dropout_mask_bytes,
+            heap=device.type == "cpu",
         ),
     }
     resident = sum(
-        terms[k] for k in ("baseline_rss", "quantized_weights", "unquantized_params", "lora_params")
+        terms[k]
+        for k in ("baseline_rss", "heap_retention", "quantized_weights", "unquantized_params", "lora_params")
     )
     resident += terms["optimizer_state"]
     phases = {
