@@ -46,6 +46,7 @@ from harness.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from harness.data.collate import collate  # noqa: E402
 from harness.data.instruct import TokenizedExample, batch_order, load_records, tokenize_records  # noqa: E402
 from harness.model.loading import default_cache_dir  # noqa: E402
+from harness.paths import CONF_DIR  # noqa: E402
 from harness.train.meters import peak_memory, reset_peak_memory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,7 +280,7 @@ def run_harness(s: Settings) -> dict:
 
     device, _ = device_and_dtype()
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=job_overrides(s, device))
     with tempfile.TemporaryDirectory(prefix="bench-perf-job-") as job_dir:
         result = run_job(cfg, job_dir)

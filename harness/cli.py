@@ -12,10 +12,10 @@ from omegaconf import DictConfig, open_dict
 
 from harness.config import register_configs
 from harness.job import run_job
+from harness.paths import CONF_DIR
 from harness.sweep.isolate import run_isolated
 from harness.sweep.summary import LAST_SUMMARY, record_outcome
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_configs()
 
 

@@ -6,10 +6,10 @@ import importlib.metadata
 import platform
 import socket
 import subprocess
-from pathlib import Path
 
 import torch
 
+from harness.paths import CHECKOUT
 from harness.train.meters import device_name
 
 PACKAGES = (
@@ -22,7 +22,6 @@ PACKAGES = (
     "hydra-core",
     "datasets",
 )
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _version(package: str) -> str | None:
@@ -34,13 +33,15 @@ def _version(package: str) -> str | None:
 
 def git_commit() -> str | None:
     """HEAD of the project's checkout, with ``-dirty`` when the tree has changes; None outside git."""
+    if CHECKOUT is None:
+        return None
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=PROJECT_ROOT,
+            cwd=CHECKOUT,
             capture_output=True,
             text=True,
             check=True,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from harness.config import register_configs
+from harness.paths import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(autouse=True)

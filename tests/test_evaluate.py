@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from harness.config import EvalConfig
+from harness.paths import CONF_DIR
 from harness.data.paths import DataDirError, resolve_data_dir
 from harness.data.prompts import format_prompt
 from harness.data.synthetic import synthetic_examples
@@ -23,7 +24,7 @@ from harness.model.tiny import build_tiny_model
 from harness.tasks import TASKS_DIR
 from harness.tasks.utils import split_wikitext_articles
 
-CONF_EVAL = Path(__file__).resolve().parents[1] / "conf" / "eval"
+CONF_EVAL = CONF_DIR / "eval"
 ARC_ROWS = [
     {"query": f"Question: Which number is {n}?", "choices": ["one", "two", "three", "four"], "gold": n - 1}
     for n in (1, 2, 3, 4, 1, 2)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.paths import CHECKOUT
+
 DATA_DIR_ENV = "QLORA_DATA_DIR"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"
+# ../shared/data beside the checkout; an installed wheel has no checkout, so the setting must be given.
+SHARED_DATA_DIR = CHECKOUT.parent / "shared" / "data" if CHECKOUT else None
 
 
 class DataDirError(FileNotFoundError):
@@ -24,10 +26,11 @@ def resolve_data_dir(configured: str | os.PathLike | None = None) -> Path:
                 f"data directory {str(path)!r} does not exist (set by data.data_dir or ${DATA_DIR_ENV})"
             )
         return path.resolve()
-    if SHARED_DATA_DIR.is_dir():
+    if SHARED_DATA_DIR is not None and SHARED_DATA_DIR.is_dir():
         return SHARED_DATA_DIR
     raise DataDirError(
-        f"no data directory: set data.data_dir=... or ${DATA_DIR_ENV} (default {SHARED_DATA_DIR} is missing)"
+        f"no data directory: set data.data_dir=... or ${DATA_DIR_ENV} "
+        f"(default: ../shared/data beside the checkout; {SHARED_DATA_DIR or 'not a checkout'})"
     )
 
 

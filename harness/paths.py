@@ -1,0 +1,16 @@
+"""Where the harness finds its own files: one definition, valid in a checkout and in an installed wheel.
+
+The Hydra config tree (groups and named sweeps) ships inside the package, so it is found through the
+package, never through the checkout. ``CHECKOUT`` is the source tree when the package runs from one
+(editable install, tests), else None: only the git commit and the ``../shared/data`` default need it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"
+SWEEP_DIR = CONF_DIR / "sweep"
+_ROOT = PACKAGE_DIR.parent
+CHECKOUT: Path | None = _ROOT if (_ROOT / "pyproject.toml").is_file() else None
