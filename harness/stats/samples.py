@@ -1,0 +1,152 @@
+"""Per-sample results: what lm-eval scored for every document, stored as ``samples.parquet``.
+
+Where the files live
+--------------------
+- **Job:** ``<job_dir>/samples.parquet`` beside ``result.json``, written by the job (``eval.log_samples``,
+  default true) through :func:`write_samples`. A job without it (old job, ``eval.log_samples=false``, no
+  evaluation) simply has no per-sample results; readers fall back and say so.
+- **Report or baseline directory:** ``qlora-report`` writes ``<out>/samples.parquet`` beside
+  ``results.csv``/``results.parquet``: every finished job's rows, concatenated, with one more leading
+  column ``job_dir`` holding exactly that job's ``job_dir`` value in the results table. Results rows and
+  sample rows join on ``job_dir``; :func:`write_report_samples` writes it, :func:`load_samples` reads both
+  layouts. A committed baseline (``reports/baselines/smoke/``) is a report directory, so its samples
+  travel with it as ``reports/baselines/smoke/samples.parquet``.
+
+Columns (long format, one row per phase, task, document and metric)
+--------------------------------------------------------------------
+``phase``        ``before`` (``eval_before`` in result.json: the quantized model before training) or
+                 ``after`` (``eval``: the trained model)
+``task``         lm-eval task name, as in result.json's ``eval.<task>``
+``doc_id``       lm-eval's ``doc_id`` (position in the task's evaluation split)
+``doc_hash``     first 16 hex digits of lm-eval's ``doc_hash``: two jobs pair a document only when both the
+                 id and the hash agree, so a changed data file is not paired by position
+``metric``       metric name as in result.json (``acc``, ``acc_norm``, ``word_perplexity``,
+                 ``exact_match/strict-match`` for a filter other than ``none``)
+``aggregation``  how the task's value is rebuilt from the rows: ``mean`` (value per document; acc, acc_norm,
+                 exact_match, and Brier score per document), ``weighted_perplexity`` (exp(-Σvalue / Σweight))
+                 or ``bits_per_byte`` (-Σvalue / Σweight / ln 2)
+``value``        the document's score; for the two weighted aggregations its log-likelihood
+``weight``       1 for ``mean``; the document's word count (``word_perplexity``) or byte count
+                 (``byte_perplexity``, ``bits_per_byte``), as lm-eval's task counted them
+
+Metrics whose aggregation is corpus-level and not a (weighted) mean (f1, mcc, bleu, …) are not stored.
+:func:`aggregate` rebuilds lm-eval's task value from the rows exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SAMPLES_FILE = "samples.parquet"
+PHASES = ("before", "after")
+PHASE_PREFIX = {"before": "eval_before", "after": "eval"}  # result.json block (and table column prefix)
+AGGREGATIONS = ("mean", "weighted_perplexity", "bits_per_byte")
+COLUMNS = ("phase", "task", "doc_id", "doc_hash", "metric", "aggregation", "value", "weight")
+JOB_COLUMN = "job_dir"
+DOC_KEY = ["task", "doc_id", "doc_hash"]
+
+
+class SamplesError(ValueError):
+    """A samples file or frame that does not follow the layout above; the message names it."""
+
+
+def aggregate(values: np.ndarray, weights: np.ndarray, aggregation: str) -> float:
+    """The task-level value lm-eval reports, rebuilt from per-document rows."""
+    if aggregation == "mean":
+        return float(np.mean(values))
+    mean_ll = float(np.sum(values) / np.sum(weights))
+    if aggregation == "weighted_perplexity":
+        return math.exp(-mean_ll)
+    if aggregation == "bits_per_byte":
+        return -mean_ll / math.log(2)
+    raise SamplesError(f"aggregation {aggregation!r} is not one of {AGGREGATIONS}")
+
+
+def metric_column(phase: str, task: str, metric: str) -> str:
+    """The results-table column a sample metric belongs to: ``("after", "arc", "acc")`` → ``eval.arc.acc``."""
+    return f"{PHASE_PREFIX[phase]}.{task}.{metric}"
+
+
+def check_frame(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``frame`` with the layout's columns and types; a missing column or unknown phase/aggregation raises."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise SamplesError(f"{where}: missing column(s) {missing}; a samples frame has {list(COLUMNS)}")
+    for column, allowed in (("phase", PHASES), ("aggregation", AGGREGATIONS)):
+        unknown = sorted(set(frame[column].astype(str)) - set(allowed))
+        if unknown:
+            raise SamplesError(f"{where}: {column} value(s) {unknown}; allowed: {list(allowed)}")
+    return frame.astype({"doc_id": "int64", "value": "float64", "weight": "float64"})
+
+
+def write_samples(job_dir: str | os.PathLike, frames: Mapping[str, pd.DataFrame | None]) -> Path | None:
+    """Write ``job_dir/samples.parquet`` from ``{phase: frame}`` (frames as ``evaluate_model`` returns them,
+    without a ``phase`` column); ``None`` frames are skipped. Returns the path, or None when nothing was
+    logged. Written through a temporary file, so a killed job leaves no half file."""
+    parts = [frame.assign(phase=phase) for phase, frame in frames.items() if frame is not None]
+    if not parts:
+        return None
+    table = check_frame(pd.concat(parts, ignore_index=True)[list(COLUMNS)], f"samples for {job_dir}")
+    path = Path(job_dir) / SAMPLES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{SAMPLES_FILE}.tmp")
+    table.to_parquet(tmp, index=False, compression="zstd")
+    os.replace(tmp, path)
+    return path
+
+
+def read_samples(path: str | os.PathLike) -> pd.DataFrame:
+    """One samples file (a job's, or a report's with its ``job_dir`` column), checked against the layout."""
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise SamplesError(f"{path}: not a readable samples file ({exc})") from exc
+    return check_frame(frame, str(path))
+
+
+def write_report_samples(table: pd.DataFrame, out: str | os.PathLike) -> Path | None:
+    """Concatenate the samples of every job in a results table into ``out/samples.parquet``.
+
+    ``table`` is qlora-report's results table (its ``job_dir`` column names each job's directory). Jobs
+    without a samples file are left out; returns None when no job has one.
+    """
+    found = load_samples(table, source=None)
+    if not found:
+        return None
+    parts = [frame.assign(**{JOB_COLUMN: job}) for job, frame in found.items()]
+    merged = pd.concat(parts, ignore_index=True)[[JOB_COLUMN, *COLUMNS]]
+    path = Path(out) / SAMPLES_FILE
+    merged.to_parquet(path, index=False, compression="zstd")
+    return path
+
+
+def load_samples(table: pd.DataFrame, source: str | os.PathLike | None) -> dict[str, pd.DataFrame]:
+    """``{job_dir: samples}`` for the jobs of ``table`` that have per-sample results.
+
+    ``source`` is where ``table`` came from: a results table file (its samples are the report layout's
+    ``samples.parquet`` beside it), or a sweep directory or ``None`` (each job's ``job_dir/samples.parquet``).
+    """
+    if "job_dir" not in table:
+        return {}
+    jobs = [str(job) for job in table["job_dir"].dropna()]
+    if source is not None and Path(source).is_file():
+        return _report_samples(Path(source).with_name(SAMPLES_FILE), jobs)
+    return {
+        job: read_samples(Path(job) / SAMPLES_FILE) for job in jobs if (Path(job) / SAMPLES_FILE).is_file()
+    }
+
+
+def _report_samples(path: Path, jobs: Iterable[str]) -> dict[str, pd.DataFrame]:
+    if not path.is_file():
+        return {}
+    frame = read_samples(path)
+    if JOB_COLUMN not in frame:
+        raise SamplesError(f"{path}: a report's samples file needs a {JOB_COLUMN!r} column")
+    groups = {str(job): rows.drop(columns=JOB_COLUMN) for job, rows in frame.groupby(JOB_COLUMN, sort=False)}
+    return {job: groups[job].reset_index(drop=True) for job in jobs if job in groups}
