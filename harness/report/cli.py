@@ -1,12 +1,199 @@
-"""``qlora-report``: turn sweep directories into tables, figures and a Markdown/HTML report."""
+"""``qlora-report``: result directories in, a report folder out (tables, figures, Markdown, HTML).
+
+:func:`build_report` is the one call (sweep code uses it after a sweep); the sections below say what the
+report contains, independent of whether it is rendered as Markdown or HTML.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from harness.report.build import NoResultsError, build_report
+import pandas as pd
+
+from harness.report.figures import SavedFigure, draw_figures
+from harness.report.load import LoadedResults, load_results, ok_jobs, write_table
+from harness.report.metrics import label, show
+from harness.report.render import (
+    Block,
+    Bullets,
+    Cell,
+    Document,
+    Image,
+    Paragraph,
+    Section,
+    Table,
+    render_html,
+    render_markdown,
+)
+from harness.report.summary import key_header, row_keys, summarize
+
+_MESSAGE_CHARS = 300
+
+
+def _overview(table: pd.DataFrame, ok: pd.DataFrame, dirs: Sequence[str]) -> Section:
+    sweeps = sorted({str(s) for s in table.get("sweep.name", pd.Series()).dropna()})
+    named = f" Sweep: {', '.join(sweeps)}." if sweeps else ""
+    return Section(
+        "Overview",
+        [
+            Paragraph(
+                f"Jobs read: {len(table)} ({len(ok)} finished, {len(table) - len(ok)} failed).{named} "
+                "Directories searched for result.json:"
+            ),
+            Bullets([str(d) for d in dirs], code=True),
+        ],
+    )
+
+
+def _results(ok: pd.DataFrame) -> Section:
+    if ok.empty:
+        return Section("Results", [Paragraph("No job finished, so there is nothing to tabulate.")])
+    summary = summarize(ok)
+    varied = ", ".join(key_header(k) for k in summary.keys)
+    return Section(
+        "Results",
+        [
+            Paragraph(
+                f"Rows are the configurations the jobs differ in ({varied}). Each cell is the mean ± "
+                "sample standard deviation over the seeds of that row (one value when there is one seed). "
+                "Bold marks the best value of a column: ↑ higher is better, ↓ lower is better. Per-job "
+                "values are in results.csv and results.parquet."
+            ),
+            summary.table,
+            Paragraph("Where each number comes from, row by row (job directories):"),
+            Bullets(summary.sources),
+        ],
+    )
+
+
+def _figures(figures: list[SavedFigure], out: Path) -> Section:
+    if not figures:
+        return Section("Figures", [Paragraph("No figure: the results hold nothing the figures need.")])
+    blocks: list[Block] = [Image(str(f.png.relative_to(out)), f.caption) for f in figures]
+    return Section("Figures", [*blocks, Paragraph("Each figure is also saved as SVG next to its PNG.")])
+
+
+def _error_text(job: pd.Series) -> str:
+    """``Type: message`` (first line, shortened) of a failed job."""
+    kind, message = job.get("error.type"), job.get("error.message")
+    if not isinstance(kind, str) and not isinstance(message, str):
+        return f"no error recorded (status: {show(job.get('status'))})"
+    first_line = str(message).strip().splitlines()[0] if isinstance(message, str) and message.strip() else ""
+    text = f"{show(kind)}: {first_line}"
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+def _failed(failed: pd.DataFrame, keys: list[str]) -> Section:
+    if failed.empty:
+        return Section("Failed jobs", [Paragraph("None.")])
+    rows = [
+        [
+            Cell(job["job_dir"], code=True),
+            *(Cell(show(label(job.get(k)))) for k in keys),
+            Cell(_error_text(job), code=True),
+        ]
+        for _, job in failed.iterrows()
+    ]
+    return Section("Failed jobs", [Table(["job dir", *(key_header(k) for k in keys), "error"], rows)])
+
+
+def _unique_values(table: pd.DataFrame, column: str) -> str:
+    return ", ".join(sorted({str(v) for v in table[column].dropna()})) or "—"
+
+
+def _environment(table: pd.DataFrame) -> Section:
+    """Every distinct value of each ``env`` field across all jobs, and the compute dtype they trained in."""
+    columns = [c for c in table.columns if c.startswith("env.")]
+    columns += [c for c in ("train.compute_dtype",) if c in table]
+    if not columns:
+        return Section("Environment", [Paragraph("No environment recorded.")])
+    rows = [[Cell(c.split(".", 1)[1]), Cell(_unique_values(table, c))] for c in columns]
+    return Section("Environment", [Table(["field", "value(s) across jobs"], rows)])
+
+
+def _caveats(table: pd.DataFrame) -> Section:
+    """The union of every job's ``caveats``, in first-seen order."""
+    lists = table.get("caveats", pd.Series()).dropna()
+    found = [c for caveats in lists for c in (caveats if isinstance(caveats, list) else [caveats])]
+    if not found:
+        return Section("Caveats", [Paragraph("None recorded.")])
+    return Section("Caveats", [Bullets(list(dict.fromkeys(str(c) for c in found)))])
+
+
+def build_document(
+    loaded: LoadedResults, dirs: Sequence[str], figures: list[SavedFigure], out: Path
+) -> Document:
+    """The whole report: overview, results table, figures, failures, environment, caveats."""
+    table = loaded.table
+    ok = ok_jobs(table)
+    failed = table[table.get("status", pd.Series(index=table.index)) != "ok"]
+    sections = [
+        _overview(table, ok, dirs),
+        _results(ok),
+        _figures(figures, out),
+        _failed(failed, row_keys(ok if not ok.empty else table)),
+    ]
+    if loaded.errors:
+        sections.append(Section("Unreadable result files (skipped)", [Bullets(loaded.errors, code=True)]))
+    sections += [_environment(table), _caveats(table)]
+    return Document("QLoRA benchmark report", sections)
+
+
+class NoResultsError(RuntimeError):
+    """No readable ``result.json`` under any of the directories searched; ``skipped`` says why per file."""
+
+    def __init__(self, message: str, skipped: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.skipped = list(skipped)
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """What :func:`build_report` wrote, and the result files it had to skip (one message each)."""
+
+    out: Path
+    parquet: Path
+    csv: Path
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    skipped: list[str]
+
+
+def default_out(dirs: Sequence[str | os.PathLike]) -> Path:
+    """The first directory given (or the folder of a given ``result.json``): a report sits by its sweep."""
+    first = Path(dirs[0])
+    return first.parent if first.is_file() else first
+
+
+def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> ReportPaths:
+    """Read every ``result.json`` under ``dirs`` and write the report into ``out`` (default: the first dir).
+
+    Writes ``results.parquet``, ``results.csv``, ``report.md``, ``report.html`` and ``figures/*.png|svg``.
+    Unreadable files are skipped and listed in the report and in ``ReportPaths.skipped``; raises
+    :class:`NoResultsError` when nothing could be read.
+    """
+    if not dirs:
+        raise NoResultsError("no directory given")
+    loaded = load_results(dirs)
+    if loaded.table.empty:
+        searched = ", ".join(str(d) for d in dirs)
+        raise NoResultsError(f"no readable result.json under {searched}", loaded.errors)
+    out = Path(out) if out is not None else default_out(dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    parquet, csv = write_table(loaded.table, out)
+    figures = draw_figures(ok_jobs(loaded.table), out / "figures")
+    document = build_document(loaded, [str(d) for d in dirs], figures, out)
+    markdown, html = out / "report.md", out / "report.html"
+    markdown.write_text(render_markdown(document), encoding="utf-8")
+    html.write_text(render_html(document, out), encoding="utf-8")
+    return ReportPaths(out, parquet, csv, markdown, html, [f.png for f in figures], loaded.errors)
+
 
 EXIT_NO_RESULTS = 2
 

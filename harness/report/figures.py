@@ -16,9 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
-from harness.report.metrics import HIGHER, Metric, metric_frame
+from harness.report.metrics import HIGHER, Metric, label, metric_frame, show
 from harness.report.summary import key_frame, row_keys, variant_labels
-from harness.report.values import label, show
 
 STORAGE, BLOCKSIZE, DOUBLE_QUANT = (
     "config.quant.storage",

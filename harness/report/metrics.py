@@ -1,17 +1,18 @@
-"""The numbers a report shows per job: the main metric of each task and the resource costs.
+"""The numbers a report shows per job (the main metric of each task, the resource costs) and how values print.
 
-Each one gets a header that carries its unit and which direction is better, so tables and figure axes
+Each number gets a header that carries its unit and which direction is better, so tables and figure axes
 say what they show without per-sweep code.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
-
-from harness.report.values import show
 
 HIGHER, LOWER, UNRANKED = 1, -1, 0
 
@@ -20,6 +21,22 @@ _PREFERRED = ("acc_norm", "acc", "exact_match", "word_perplexity", "bits_per_byt
 _PERCENT = frozenset({"acc", "acc_norm", "exact_match", "f1", "mc1", "mc2"})
 _LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "error")
 _MIB = 2**20
+
+
+def label(value: Any) -> Any:
+    """A hashable, readable value for grouping: lists become ``a,b``, dicts JSON; scalars stay as they are."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(label(v)) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def show(value: Any) -> str:
+    """A value as printed: missing is an em dash, a whole float (an int column with gaps) an int."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.document import Cell, Table
-from harness.report.metrics import HIGHER, LOWER, Metric, metric_frame
-from harness.report.values import label, show
+from harness.report.metrics import HIGHER, LOWER, Metric, label, metric_frame, show
+from harness.report.render import Cell, Table
 
 # Config keys that differ between jobs without being what a sweep compares (any key named ``seed`` too).
 _NOT_VARIATIONS = frozenset(
