@@ -49,6 +49,7 @@ PHASE_PREFIX = {"before": "eval_before", "after": "eval"}  # result.json block (
 AGGREGATIONS = ("mean", "weighted_perplexity", "bits_per_byte")
 COLUMNS = ("phase", "task", "doc_id", "doc_hash", "metric", "aggregation", "value", "weight")
 JOB_COLUMN = "job_dir"
+REPORT_TABLES = (".csv", ".parquet")  # results.csv / results.parquet: their samples are beside them
 DOC_KEY = ["task", "doc_id", "doc_hash"]
 
 
@@ -92,7 +93,7 @@ def write_samples(job_dir: str | os.PathLike, frames: Mapping[str, pd.DataFrame 
     parts = [frame.assign(phase=phase) for phase, frame in frames.items() if frame is not None]
     if not parts:
         return None
-    table = check_frame(pd.concat(parts, ignore_index=True)[list(COLUMNS)], f"samples for {job_dir}")
+    table = check_frame(pd.concat(parts, ignore_index=True), f"samples for {job_dir}")[list(COLUMNS)]
     path = Path(job_dir) / SAMPLES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{SAMPLES_FILE}.tmp")
@@ -130,12 +131,13 @@ def load_samples(table: pd.DataFrame, source: str | os.PathLike | None) -> dict[
     """``{job_dir: samples}`` for the jobs of ``table`` that have per-sample results.
 
     ``source`` is where ``table`` came from: a results table file (its samples are the report layout's
-    ``samples.parquet`` beside it), or a sweep directory or ``None`` (each job's ``job_dir/samples.parquet``).
+    ``samples.parquet`` beside it), or a sweep directory, a result.json or ``None`` (each job's own
+    ``job_dir/samples.parquet``).
     """
     if "job_dir" not in table:
         return {}
     jobs = [str(job) for job in table["job_dir"].dropna()]
-    if source is not None and Path(source).is_file():
+    if source is not None and Path(source).suffix in REPORT_TABLES:
         return _report_samples(Path(source).with_name(SAMPLES_FILE), jobs)
     return {
         job: read_samples(Path(job) / SAMPLES_FILE) for job in jobs if (Path(job) / SAMPLES_FILE).is_file()

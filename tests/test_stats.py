@@ -1,0 +1,305 @@
+"""harness.stats against textbook cases: McNemar by hand, CI coverage, identical jobs, planted shifts,
+corpus perplexity resampled on both sides at once, t-intervals, block bootstrap, the samples layout."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.stats import (
+    Bootstrap,
+    SamplesError,
+    aggregate,
+    compare_samples,
+    load_samples,
+    mcnemar_exact,
+    paired_corpus,
+    paired_loss,
+    paired_mean,
+    paired_seeds,
+    read_samples,
+    t_interval,
+    write_report_samples,
+    write_samples,
+)
+from harness.stats.paired import mde_factor
+from harness.stats.samples import COLUMNS
+from harness.stats.steps import block_indices
+
+FAST = Bootstrap(resamples=500, seed=7)
+
+
+def two_by_two(both: int, only_base: int, only_cur: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item 0/1 scores with the given McNemar table (right on both, baseline only, current only, none)."""
+    base = [1] * both + [1] * only_base + [0] * only_cur + [0] * neither
+    cur = [1] * both + [0] * only_base + [1] * only_cur + [0] * neither
+    return np.array(base, float), np.array(cur, float)
+
+
+@pytest.mark.parametrize(
+    ("only_base", "only_cur", "expected"),
+    [
+        (1, 6, 2 * (1 + 7) / 2**7),  # 2 * P(X <= 1), X ~ Bin(7, 1/2) = 16/128
+        (0, 5, 2 / 2**5),  # 2 * P(X = 0), X ~ Bin(5, 1/2)
+        (3, 3, 1.0),  # balanced: no evidence either way
+        (0, 0, 1.0),  # no discordant pair
+        (2, 10, 2 * (1 + 12 + 66) / 2**12),  # 2 * P(X <= 2), X ~ Bin(12, 1/2) = 158/4096
+    ],
+)
+def test_mcnemar_exact_matches_hand_computed_binomial_tails(only_base, only_cur, expected):
+    assert mcnemar_exact(only_base, only_cur) == pytest.approx(expected)
+    assert mcnemar_exact(only_cur, only_base) == pytest.approx(expected)  # two-sided: symmetric
+
+
+def test_paired_mean_on_a_hand_made_table_uses_mcnemar():
+    base, cur = two_by_two(both=10, only_base=1, only_cur=6, neither=3)
+    estimate = paired_mean(base, cur, FAST)
+    assert estimate.n == 20
+    assert (estimate.baseline, estimate.current, estimate.delta) == pytest.approx((0.55, 0.80, 0.25))
+    assert estimate.p_value == pytest.approx(0.125)
+    assert "McNemar" in estimate.method
+    assert (estimate.resamples, estimate.seed, estimate.confidence) == (500, 7, 0.95)
+
+
+def test_identical_jobs_give_zero_difference_zero_width_ci_and_p_one():
+    rng = np.random.default_rng(0)
+    scores = (rng.random(300) < 0.4).astype(float)
+    ll, words = -rng.uniform(100, 900, 40), rng.integers(50, 400, 40).astype(float)
+    for estimate in (paired_mean(scores, scores), paired_corpus(ll, ll, words, "weighted_perplexity")):
+        assert (estimate.delta, estimate.ci_low, estimate.ci_high, estimate.p_value) == (0, 0, 0, 1)
+        assert not estimate.significant
+        assert math.isnan(estimate.mde)  # the pairs never differed: their spread is unknown
+
+
+def test_paired_bootstrap_ci_covers_the_known_difference_about_95_percent_of_the_time():
+    """200 simulated paired data sets with a true shift of 0.05: the 95 % CI covers it ~95 % of the time."""
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(200):
+        base = (rng.random(400) < 0.5).astype(float)
+        cur = base.copy()
+        noise = rng.random(400) < 0.2  # the models disagree on ~20 % of items, in both directions
+        cur[noise] = (rng.random(noise.sum()) < 0.5 + 0.05 / 0.2).astype(float)  # E[cur - base] = +0.05
+        estimate = paired_mean(base, cur, Bootstrap(resamples=400, seed=int(rng.integers(1 << 30))))
+        covered += estimate.ci_low <= 0.05 <= estimate.ci_high
+    assert 0.89 <= covered / 200 <= 0.99
+
+
+def noisy_pair(n: int, shift_items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two models that disagree on 20 % of n items, balanced (as many losses as wins for current), plus
+    ``shift_items`` planted wins: the observed difference is exactly ``shift_items / n``."""
+    rng = np.random.default_rng(seed)
+    base = (rng.random(n) < 0.5).astype(float)
+    cur = base.copy()
+    swaps = n // 10
+    cur[rng.choice(np.flatnonzero(base == 1), swaps, replace=False)] = 0
+    cur[rng.choice(np.flatnonzero(base == 0), swaps + shift_items, replace=False)] = 1
+    return base, cur
+
+
+def test_planted_five_point_shift_on_2000_items_is_significant():
+    base, cur = noisy_pair(2000, shift_items=100, seed=3)
+    estimate = paired_mean(base, cur)
+    assert estimate.delta == pytest.approx(0.05)
+    assert estimate.significant and estimate.p_value < 0.001
+    assert 0 < estimate.ci_low < 0.05 < estimate.ci_high
+    assert estimate.mde < 0.05  # this comparison could detect the 5 points it found
+
+
+def test_one_point_shift_on_50_items_is_not_significant_and_says_what_n_would_be():
+    """At n = 50 the smallest shift is one item (2 points); even that, amid 10 disagreements, is noise."""
+    base, cur = noisy_pair(50, shift_items=1, seed=4)
+    estimate = paired_mean(base, cur)
+    assert estimate.delta == pytest.approx(0.02)
+    assert not estimate.significant
+    assert estimate.ci_low < 0 < estimate.ci_high
+    assert estimate.mde > 0.1  # ~2.8 paired standard errors at n = 50
+    assert estimate.n_to_detect(0.01) > 5000
+
+
+def test_mde_is_2_8_paired_standard_errors():
+    base, cur = noisy_pair(500, shift_items=0, seed=5)
+    estimate = paired_mean(base, cur, FAST)
+    diff = cur - base
+    assert mde_factor(0.95) == pytest.approx(2.8016, abs=1e-4)
+    assert estimate.mde == pytest.approx(mde_factor(0.95) * diff.std(ddof=1) / math.sqrt(500))
+    assert estimate.n_to_detect(estimate.mde) == 500
+
+
+def test_non_binary_scores_use_the_bootstrap_p_value():
+    rng = np.random.default_rng(6)
+    base = rng.random(300)  # e.g. per-document Brier scores
+    estimate = paired_mean(base, base + 0.05 + rng.normal(0, 0.1, 300), FAST)
+    assert "McNemar" not in estimate.method
+    assert estimate.p_value == pytest.approx(1 / 501)  # no resample as extreme as "no difference"
+    assert estimate.ci_low < 0.05 < estimate.ci_high
+
+
+def test_corpus_perplexity_is_recomputed_on_both_sides_of_the_same_resample():
+    """The CI equals the quantiles of ppl(current) - ppl(baseline) over one set of document resamples."""
+    rng = np.random.default_rng(8)
+    words = rng.integers(100, 3000, 30).astype(float)
+    base_ll = -words * rng.uniform(2.5, 4.0, 30)
+    cur_ll = base_ll - words * rng.uniform(0.0, 0.2, 30)
+    estimate = paired_corpus(base_ll, cur_ll, words, "weighted_perplexity", FAST)
+
+    idx = np.random.default_rng(FAST.seed).integers(0, 30, size=(FAST.resamples, 30))
+    by_hand = np.exp(-cur_ll[idx].sum(1) / words[idx].sum(1)) - np.exp(
+        -base_ll[idx].sum(1) / words[idx].sum(1)
+    )
+    assert (estimate.ci_low, estimate.ci_high) == pytest.approx(tuple(np.quantile(by_hand, [0.025, 0.975])))
+    assert estimate.baseline == pytest.approx(math.exp(-base_ll.sum() / words.sum()))
+    assert estimate.ratio == pytest.approx(estimate.current / estimate.baseline)
+    assert estimate.significant and estimate.ci_low > 0
+
+
+def test_bits_per_byte_is_the_log2_of_byte_perplexity():
+    ll, nbytes = np.array([-700.0, -1200.0]), np.array([500.0, 800.0])
+    assert aggregate(ll, nbytes, "bits_per_byte") == pytest.approx(
+        math.log2(aggregate(ll, nbytes, "weighted_perplexity"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: paired_mean([1, 0], [1]), "one length"),
+        (lambda: paired_mean([], []), "non-empty"),
+        (lambda: paired_mean([1, math.nan], [1, 0]), "finite"),
+        (lambda: paired_corpus([-1.0], [-1.0], [0.0], "weighted_perplexity"), "positive counts"),
+        (lambda: paired_corpus([-1.0], [-1.0], [1.0], "mean"), "paired_corpus aggregates"),
+        (lambda: Bootstrap(resamples=10), "resamples must be an int >= 100, got 10"),
+        (lambda: Bootstrap(confidence=1.0), "confidence must be in"),
+    ],
+)
+def test_bad_input_is_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_t_interval_matches_the_textbook_value():
+    interval = t_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n), s = 1
+    assert (interval.mean, interval.low, interval.high, interval.n) == pytest.approx(
+        (2, 2 - half, 2 + half, 3)
+    )
+    one = t_interval([0.5])
+    assert one.mean == 0.5 and math.isnan(one.low) and math.isnan(one.high)
+
+
+def test_seed_comparison_pairs_matching_seeds_only():
+    base = {0: 0.50, 1: 0.52, 2: 0.49, 7: 0.1}
+    cur = {0: 0.55, 1: 0.56, 2: 0.52, 9: 0.9}
+    estimate = paired_seeds(base, cur)
+    diffs = np.array([0.05, 0.04, 0.03])
+    half = 4.302652729911275 * diffs.std(ddof=1) / math.sqrt(3)
+    assert estimate.n == 3 and estimate.delta == pytest.approx(0.04)
+    assert (estimate.ci_low, estimate.ci_high) == pytest.approx((0.04 - half, 0.04 + half))
+    assert estimate.significant and "[0, 1, 2]" in estimate.method
+    same = paired_seeds(base, base)
+    assert (same.delta, same.p_value) == (0, 1)
+    with pytest.raises(ValueError, match=r"needs >= 2 shared seeds; baseline has \[0\], current has \[1\]"):
+        paired_seeds({0: 0.5}, {1: 0.5})
+
+
+def test_block_bootstrap_draws_runs_of_consecutive_steps():
+    rng = np.random.default_rng(0)
+    idx = block_indices(steps=10, block=3, rng=rng, rows=50)
+    assert idx.shape == (50, 10) and idx.min() >= 0 and idx.max() <= 9
+    runs = idx[:, :9].reshape(50, 3, 3)
+    assert np.all(np.diff(runs, axis=2) == 1)  # each block is consecutive steps
+
+
+def test_loss_comparison_skips_warmup_and_covers_a_constant_offset():
+    rng = np.random.default_rng(2)
+    base = 2.5 * np.exp(-np.arange(60) / 30) + rng.normal(0, 0.05, 60)
+    cur = base + 0.1 + rng.normal(0, 0.02, 60)
+    cur[:2] += 5  # warm-up steps that must not count
+    estimate = paired_loss(base, cur, skip=2, bootstrap=FAST)
+    assert estimate.n == 58
+    assert estimate.ci_low < 0.1 < estimate.ci_high and estimate.significant
+    assert "block 4" in estimate.method  # ceil(58 ** (1/3))
+    same = paired_loss(base, base, skip=2)
+    assert (same.delta, same.ci_low, same.ci_high, same.p_value) == (0, 0, 0, 1)
+    with pytest.raises(ValueError, match="same number of steps"):
+        paired_loss(base, base[:-1])
+    with pytest.raises(ValueError, match="skip=59 must leave at least 2"):
+        paired_loss(base, cur, skip=59)
+
+
+def frame(task: str, scores: list[float], metric: str = "acc", aggregation: str = "mean", weights=None):
+    """A samples frame (without phase) for one task and metric, doc ids 0..n-1."""
+    n = len(scores)
+    return pd.DataFrame(
+        {
+            "task": task,
+            "doc_id": range(n),
+            "doc_hash": [f"h{i}" for i in range(n)],
+            "metric": metric,
+            "aggregation": aggregation,
+            "value": scores,
+            "weight": weights if weights is not None else [1.0] * n,
+        }
+    )
+
+
+def test_write_and_read_samples_round_trip(tmp_path: Path):
+    before = frame("arc", [1, 0, 1, 1])
+    after = pd.concat(
+        [
+            frame("arc", [1, 1, 1, 1]),
+            frame("wiki", [-50.0, -80.0], "word_perplexity", "weighted_perplexity", [10.0, 20.0]),
+        ]
+    )
+    path = write_samples(tmp_path, {"before": before, "after": after, "skipped": None})
+    assert path == tmp_path / "samples.parquet"
+    back = read_samples(path)
+    assert list(back.columns) == list(COLUMNS)
+    assert back.groupby("phase").size().to_dict() == {"after": 6, "before": 4}
+    assert write_samples(tmp_path / "none", {"before": None}) is None
+
+
+def test_bad_samples_frame_names_the_value_and_the_allowed_ones(tmp_path: Path):
+    with pytest.raises(SamplesError, match=r"phase value\(s\) \['during'\]; allowed: \['before', 'after'\]"):
+        write_samples(tmp_path, {"during": frame("arc", [1, 0])})
+    with pytest.raises(SamplesError, match=r"missing column\(s\) \['weight'\]"):
+        write_samples(tmp_path, {"after": frame("arc", [1]).drop(columns="weight")})
+
+
+def test_report_layout_joins_samples_to_results_rows_by_job_dir(tmp_path: Path):
+    jobs = [tmp_path / "runs" / name for name in ("a", "b", "c")]
+    write_samples(jobs[0], {"after": frame("arc", [1, 0])})
+    write_samples(jobs[1], {"after": frame("arc", [0, 0, 1])})  # c: no samples (log_samples=false)
+    table = pd.DataFrame({"job_dir": [str(j) for j in jobs], "status": "ok"})
+    report = tmp_path / "report"
+    report.mkdir()
+    assert write_report_samples(table, report) == report / "samples.parquet"
+    table.to_csv(report / "results.csv", index=False)
+
+    from_report = load_samples(pd.read_csv(report / "results.csv"), report / "results.csv")
+    from_jobs = load_samples(table, tmp_path / "runs")
+    assert sorted(from_report) == sorted(from_jobs) == [str(jobs[0]), str(jobs[1])]
+    for job in from_jobs:
+        pd.testing.assert_frame_equal(from_report[job], from_jobs[job])
+
+
+def test_compare_samples_pairs_shared_documents_only_and_says_how_many():
+    base = frame("arc", [1, 0, 1, 1, 0, 1]).assign(phase="after")
+    cur = frame("arc", [1, 1, 1, 1]).assign(phase="after")  # a smaller eval.limit: the first 4 documents
+    cur.loc[3, "doc_hash"] = "changed"  # a different document under the same id is not paired
+    [comparison] = compare_samples(base, cur, FAST)
+    assert comparison.column == "eval.arc.acc"
+    assert (comparison.n_baseline, comparison.n_current, comparison.estimate.n) == (6, 4, 3)
+    assert comparison.shared_note() == "paired on the 3 shared documents (baseline 6, current 4)"
+    assert comparison.estimate.delta == pytest.approx(1 / 3)
+
+
+def test_compare_samples_rejects_documents_whose_word_counts_differ():
+    base = frame("wiki", [-50.0, -80.0], "word_perplexity", "weighted_perplexity", [10.0, 20.0])
+    cur = frame("wiki", [-50.0, -80.0], "word_perplexity", "weighted_perplexity", [10.0, 21.0])
+    with pytest.raises(ValueError, match="different word/byte counts"):
+        compare_samples(base.assign(phase="after"), cur.assign(phase="after"), FAST)
