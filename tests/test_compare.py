@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from harness.compare import CompareInputError, compare_results, load_tolerances
 from harness.compare.cli import main
 from harness.compare.inputs import canonical
-from harness.report.table import load_results
+from harness.report.load import load_results
 from harness.result import write_result
+from harness.stats import write_report_samples, write_samples
 
 STORAGES = {"nf4": 4.127, "fp4": 4.127, "int4": 4.252}  # storage type -> bits/param
 SEEDS = (0, 1)
@@ -223,7 +227,7 @@ def test_extra_current_job_is_info(tmp_path, capsys):
     (baseline / "fp4-seed0" / "result.json").unlink()
     code, out, _ = run(capsys, baseline, current)
     assert code == 0
-    assert "| quant.storage=fp4 seed=0 | job | – | – | – | – | info | only in current |" in out
+    assert "| quant.storage=fp4 seed=0 | job | – | – | – | – | – | – | info | only in current |" in out
 
 
 def test_ok_to_failed_is_a_regression_naming_job_and_error(baseline, tmp_path, capsys):
@@ -364,7 +368,7 @@ def test_markdown_and_json_files_hold_the_same_rows(baseline, tmp_path, capsys):
     assert (
         len(report["rows"])
         == len(out.splitlines())
-        - out.splitlines().index("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        - out.splitlines().index("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         - 1
     )
 
@@ -418,3 +422,163 @@ def test_example_workflow_runs_sweep_report_and_compare():
     ):
         assert command in commands
     assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
+
+
+ARC = "eval.arc_easy_local.acc"
+WIKI = "eval.wikitext2_local.word_perplexity"
+
+
+def arc_scores(n: int, losses: int = 0, wins: int = 0) -> np.ndarray:
+    """A job's 0/1 ARC scores: the baseline pattern with ``losses`` right answers and ``wins`` wrong ones
+    flipped (different documents each)."""
+    scores = (np.arange(n) % 5 < 2).astype(float)  # 40 % right
+    right, wrong = np.flatnonzero(scores == 1), np.flatnonzero(scores == 0)
+    scores[right[:losses]] = 0
+    scores[wrong[:wins]] = 1
+    return scores
+
+
+def samples_frame(arc: np.ndarray, wiki_ll: np.ndarray | None = None) -> pd.DataFrame:
+    """One job's per-sample results for the two tasks the fixture's jobs report (after training)."""
+    parts = [
+        pd.DataFrame(
+            {
+                "task": "arc_easy_local",
+                "doc_id": range(len(arc)),
+                "metric": "acc",
+                "aggregation": "mean",
+                "value": arc,
+                "weight": 1.0,
+            }
+        )
+    ]
+    if wiki_ll is not None:
+        parts.append(
+            pd.DataFrame(
+                {
+                    "task": "wikitext2_local",
+                    "doc_id": range(len(wiki_ll)),
+                    "metric": "word_perplexity",
+                    "aggregation": "weighted_perplexity",
+                    "value": wiki_ll,
+                    "weight": WIKI_WORDS[: len(wiki_ll)],
+                }
+            )
+        )
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.assign(doc_hash=frame["task"] + frame["doc_id"].astype(str))
+
+
+WIKI_WORDS = np.linspace(200.0, 2000.0, 40)
+WIKI_LL = -WIKI_WORDS * np.linspace(3.2, 4.0, 40)
+
+
+def with_samples(root: Path, frames: dict[tuple[str, int], pd.DataFrame] | None = None) -> Path:
+    """Give every job of a sweep per-sample results: the baseline pattern unless ``frames`` says otherwise."""
+    frames = frames or {}
+    for storage in STORAGES:
+        for seed in SEEDS:
+            default = samples_frame(arc_scores(200), WIKI_LL)
+            write_samples(root / f"{storage}-seed{seed}", {"after": frames.get((storage, seed), default)})
+    return root
+
+
+def no_stderr(changes: dict[str, Change] | None = None) -> dict[tuple[str, int], dict[str, Change]]:
+    """Every job without an ARC stderr, so the unpaired rule is the bare 0.01 tolerance."""
+    return {
+        (s, n): {"eval.arc_easy_local.acc_stderr": lambda _: None, **(changes or {})}
+        for s in STORAGES
+        for n in SEEDS
+    }
+
+
+def row_of(out: str, job: str, metric: str) -> list[str]:
+    [line] = [line for line in out.splitlines() if line.startswith(f"| {job} | {metric} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_drop_that_the_paired_ci_calls_noise_passes_where_the_unpaired_rule_failed(tmp_path, capsys):
+    """-2 points on 200 questions (8 lost, 4 won): beyond the 0.01 tolerance, but the paired CI reaches 0."""
+    drop = {ARC: shift(-0.02)}
+    base_dir = write_sweep(tmp_path / "baseline", no_stderr())
+    cur_dir = write_sweep(
+        tmp_path / "current", {**no_stderr(), ("nf4", 0): {**no_stderr()[("nf4", 0)], **drop}}
+    )
+    assert run(capsys, base_dir, cur_dir)[0] == 1  # without samples: the unpaired rule fails it
+
+    with_samples(base_dir)
+    with_samples(cur_dir, {("nf4", 0): samples_frame(arc_scores(200, losses=8, wins=4), WIKI_LL)})
+    code, out, _ = run(capsys, base_dir, cur_dir)
+    assert code == 0
+    job, metric, base, cur, delta, ci, p, allowed, verdict, note = row_of(
+        out, "quant.storage=nf4 seed=0", ARC
+    )
+    assert (base, cur, delta[:5], verdict, note) == ("0.4", "0.38", "-0.02", "ok", "paired")
+    low, high = (float(x) for x in ci.strip("[]").split(","))
+    assert low < -0.01 < 0 < high
+    assert p == "0.388"  # exact McNemar, 4 vs 8 discordant: 2 * P(X <= 4 | 12) = 794/2048
+    assert "12 metric(s) judged on the paired CI" in out and "2000 resamples, seed 0" in out
+
+
+def test_drop_whose_whole_paired_ci_is_beyond_tolerance_regresses_with_ci_and_p(tmp_path, capsys):
+    base_dir = with_samples(write_sweep(tmp_path / "baseline"))
+    ppl_up = WIKI_LL - 0.05 * WIKI_WORDS  # every article loses 0.05 nats per word: ppl x 1.05
+    cur_dir = with_samples(
+        write_sweep(tmp_path / "current"), {("fp4", 1): samples_frame(arc_scores(200, losses=30), ppl_up)}
+    )
+    js = tmp_path / "compare.json"
+    code, out, _ = run(capsys, base_dir, cur_dir, "--json", js, "--resamples", 500, "--seed", 3)
+    assert code == 1
+    assert {r.split(" | ")[1] for r in rows_with(out, "REGRESSED")} == {ARC, WIKI}
+    assert row_of(out, "quant.storage=fp4 seed=1", ARC)[6] == "< 0.001"
+
+    report = json.loads(js.read_text())
+    assert report["summary"]["bootstrap"] == {"resamples": 500, "seed": 3, "confidence": 0.95}
+    [wiki] = [r for r in report["rows"] if r["job"] == "quant.storage=fp4 seed=1" and r["metric"] == WIKI]
+    assert wiki["current"] / wiki["baseline"] == pytest.approx(math.exp(0.05))
+    assert wiki["ci_low"] > wiki["allowed"] > 0 and wiki["n"] == 40 and wiki["p_value"] < 0.01
+
+
+def test_baseline_without_samples_falls_back_and_says_so(baseline, tmp_path, capsys):
+    current = with_samples(write_sweep(tmp_path / "current"))
+    code, out, _ = run(capsys, baseline, current)
+    assert code == 0
+    assert "0 metric(s) judged on the paired CI" in out
+    assert "- baseline has no per-sample results (samples.parquet) for 6 of 6 jobs" in out
+    assert "fall back to the tolerance rules, unpaired" in out
+    assert row_of(out, "quant.storage=nf4 seed=0", ARC)[5:7] == ["–", "–"]
+
+
+def test_different_document_sets_compare_the_shared_documents_and_say_how_many(tmp_path, capsys):
+    base_dir = with_samples(write_sweep(tmp_path / "baseline"))
+    cur_dir = with_samples(
+        write_sweep(tmp_path / "current"), {("int4", 0): samples_frame(arc_scores(200)[:150], WIKI_LL)}
+    )
+    code, out, _ = run(capsys, base_dir, cur_dir)
+    assert code == 0
+    note = row_of(out, "quant.storage=int4 seed=0", ARC)[-1]
+    assert note == "paired on the 150 shared documents (baseline 200, current 150)"
+
+
+def test_committed_baseline_carries_its_samples_beside_results_csv(tmp_path, capsys):
+    """A baseline directory as qlora-report writes it (results.csv + samples.parquet) is paired too."""
+    runs = with_samples(write_sweep(tmp_path / "runs"))
+    table = load_results([runs]).table
+    report = tmp_path / "reports" / "baselines" / "smoke"
+    report.mkdir(parents=True)
+    table.to_csv(report / "results.csv", index=False)
+    assert write_report_samples(table, report) == report / "samples.parquet"
+    current = with_samples(
+        write_sweep(tmp_path / "current"), {("nf4", 1): samples_frame(arc_scores(200, losses=30), WIKI_LL)}
+    )
+    code, out, _ = run(capsys, report / "results.csv", current)
+    assert code == 1
+    assert "12 metric(s) judged on the paired CI" in out and "no per-sample results" not in out
+    assert rows_with(out, "REGRESSED")[0].startswith(f"| quant.storage=nf4 seed=1 | {ARC} |")
+
+
+def test_bad_bootstrap_settings_are_a_usage_error(baseline, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(baseline), str(baseline), "--resamples", "10"])
+    assert exc.value.code == 2
+    assert "resamples must be an int >= 100, got 10" in capsys.readouterr().err

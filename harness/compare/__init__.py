@@ -11,12 +11,18 @@ git commit, device name) is never part of the key: a change there is exactly wha
 Which metrics are compared, which way is better and by how much they may worsen is set by
 ``harness/compare/tolerances.yaml`` (see :mod:`harness.compare.tolerances`).
 
+Where both sides have per-sample results (``samples.parquet``, :mod:`harness.stats.samples`), an eval
+metric is judged on the paired bootstrap CI of current − baseline over the documents both scored: it
+regresses only when the whole CI lies beyond the tolerance on the bad side. A baseline without them falls
+back to the tolerance rules and the output says so.
+
 Baselines live in ``reports/baselines/<sweep>/results.csv``. To refresh one after an intended change,
 on the machine CI runs on::
 
     qlora-bench -m +sweep=smoke hydra.sweep.dir=runs/smoke
     qlora-report runs/smoke -o reports/baselines/smoke
-    git add reports/baselines/smoke/results.csv && git commit -m "Refresh smoke baseline: <why>"
+    git add reports/baselines/smoke/results.csv reports/baselines/smoke/samples.parquet
+    git commit -m "Refresh smoke baseline: <why>"
 
 then check it with ``qlora-compare reports/baselines/smoke/results.csv runs/smoke``.
 """

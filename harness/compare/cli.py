@@ -13,6 +13,7 @@ from harness.compare.errors import CompareInputError
 from harness.compare.inputs import NON_KEY_COLUMNS
 from harness.compare.render import to_json, to_markdown
 from harness.compare.tolerances import DEFAULT_TOLERANCES, load_tolerances
+from harness.stats.paired import DEFAULT_BOOTSTRAP, Bootstrap
 
 THROUGHPUT_METRICS = ("train.tokens_per_s",)
 
@@ -26,6 +27,12 @@ Jobs are matched by their config.* columns except machine-local paths and test s
 {non_key}
 Config columns that only one side has (fields added since the baseline) are left out of the match
 and listed. Table cells that CSV turned into text (lists, NaN for None) match their result.json values.
+
+Paired gate: when a job has per-sample results on both sides (samples.parquet in the job directory, or
+beside a results table as qlora-report writes it), each metric is judged on the paired bootstrap CI of
+current - baseline over the documents both scored: it regresses only when the whole CI lies beyond the
+tolerance on the bad side. Jobs without them on either side fall back to the tolerance rules and are
+named in the output.
 """
 
 EPILOG = f"""\
@@ -48,7 +55,7 @@ tolerance file (default {DEFAULT_TOLERANCES}):
 
 refreshing a baseline (after an intended change, from a sweep that ran on the CI machine):
   qlora-report runs/smoke -o reports/baselines/smoke
-  git add reports/baselines/smoke/results.csv && git commit
+  git add reports/baselines/smoke/results.csv reports/baselines/smoke/samples.parquet && git commit
 """
 
 
@@ -83,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
         "machines are noisy, so by default they are only reported",
     )
     parser.add_argument(
+        "--resamples",
+        type=int,
+        default=DEFAULT_BOOTSTRAP.resamples,
+        metavar="N",
+        help="bootstrap resamples of each paired CI (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_BOOTSTRAP.seed,
+        metavar="S",
+        help="bootstrap seed, recorded in the output (default: %(default)s)",
+    )
+    parser.add_argument(
         "--gate",
         action="append",
         default=[],
@@ -94,11 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; print Markdown to stdout; return the exit code documented in --help."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     gates = [*args.gate, *(THROUGHPUT_METRICS if args.gate_throughput else ())]
     try:
+        bootstrap = Bootstrap(resamples=args.resamples, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
         tolerances = load_tolerances(args.tolerances).with_gates(gates)
-        comparison = compare_results([args.baseline], [args.current], tolerances)
+        comparison = compare_results([args.baseline], [args.current], tolerances, bootstrap)
         markdown = to_markdown(comparison)
         print(markdown, end="")
         _write(args.markdown, markdown)

@@ -3,6 +3,9 @@
 A job is identified by its ``config.*`` columns, except the ones in :data:`NON_KEY_COLUMNS` (paths that
 differ between machines and runs, and test-only switches). Columns present on only one side, such as
 a config field added after the baseline was recorded, are left out of the key and reported.
+
+Each side also carries its jobs' per-sample results where they exist (``samples.parquet`` in each job
+directory, or beside a results table; layout in :mod:`harness.stats.samples`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from harness.compare.errors import CompareInputError
-from harness.report.table import load_results
+from harness.report.load import load_results
+from harness.stats.samples import SamplesError, load_samples
 
 NON_KEY_COLUMNS = (
     "config.output_dir",  # where the job wrote its result
@@ -33,11 +38,27 @@ TABLE_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv,
 JobKey = tuple[str, ...]
 
 
-def load_side(paths: Sequence[str | os.PathLike], side: str) -> pd.DataFrame:
-    """All jobs of one side as one table; unreadable or empty input raises, naming ``side`` and the path."""
+@dataclass
+class Side:
+    """The jobs of one side, one row each, and the per-sample results of those that have them (by job_dir)."""
+
+    table: pd.DataFrame
+    samples: dict[str, pd.DataFrame]
+
+
+def load_side(paths: Sequence[str | os.PathLike], side: str) -> Side:
+    """All jobs of one side; unreadable or empty input raises, naming ``side`` and the path."""
     if not paths:
         raise CompareInputError(f"{side}: no input given")
-    return pd.concat([_load_path(Path(path), side) for path in paths], ignore_index=True)
+    tables, samples = [], {}
+    for path in map(Path, paths):
+        table = _load_path(path, side)
+        try:
+            samples.update(load_samples(table, path))
+        except SamplesError as exc:
+            raise CompareInputError(f"{side}: {exc}") from exc
+        tables.append(table)
+    return Side(pd.concat(tables, ignore_index=True), samples)
 
 
 def _load_path(path: Path, side: str) -> pd.DataFrame:

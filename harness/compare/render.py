@@ -8,7 +8,7 @@ from typing import Any
 
 from harness.compare.compare import Comparison, Row
 
-COLUMNS = ("job", "metric", "baseline", "current", "delta", "allowed", "verdict", "note")
+COLUMNS = ("job", "metric", "baseline", "current", "delta", "CI", "p", "allowed", "verdict", "note")
 
 
 def to_markdown(comparison: Comparison) -> str:
@@ -27,6 +27,13 @@ def to_markdown(comparison: Comparison) -> str:
         lines.append(
             f"config columns on one side only, not used to match: {', '.join(comparison.ignored_key_columns)}"
         )
+    bootstrap = comparison.bootstrap
+    lines.append(
+        f"{summary['paired_rows']} metric(s) judged on the paired CI of current − baseline over shared "
+        f"documents ({bootstrap.confidence:.0%} paired bootstrap, {bootstrap.resamples} resamples, seed "
+        f"{bootstrap.seed}; p: exact McNemar for 0/1 scores, else bootstrap); the others on tolerances alone"
+    )
+    lines += [f"- {note}" for note in comparison.notes]
     lines += [f"- REGRESSED: `{row.job}` {row.metric} {row.note}".rstrip() for row in regressions]
     lines += ["", _table_row(COLUMNS), _table_row(["---"] * len(COLUMNS))]
     lines += [_table_row(_cells(row)) for row in comparison.rows]
@@ -48,6 +55,8 @@ def _cells(row: Row) -> list[str]:
         _fmt(row.baseline),
         _fmt(row.current),
         delta,
+        "–" if row.ci_low is None else f"[{_fmt(row.ci_low, signed=True)}, {_fmt(row.ci_high, signed=True)}]",
+        _p(row.p_value),
         _fmt(row.allowed),
         row.verdict,
         row.note,
@@ -62,6 +71,12 @@ def _fmt(value: float | str | None, signed: bool = False) -> str:
         return value
     sign = "+" if signed else ""
     return f"{value:{sign},.0f}" if math.isfinite(value) and abs(value) >= 1e4 else f"{value:{sign}.5g}"
+
+
+def _p(p_value: float | None) -> str:
+    if p_value is None:
+        return "–"
+    return "< 0.001" if p_value < 0.001 else f"{p_value:.3f}"
 
 
 def _table_row(cells: Any) -> str:
