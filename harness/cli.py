@@ -36,8 +36,8 @@ def _main(cfg: DictConfig) -> None:
         print(f"[{outcome.status}] {job_dir} {outcome.reason}".rstrip(), flush=True)
         return
     result = run_job(cfg, job_dir)
-    print(f"[{result['status']}] {job_dir / 'result.json'}", flush=True)
-    if result["status"] != "ok":
+    print(f"[{result.status}] {job_dir / 'result.json'}", flush=True)
+    if not result.ok:
         sys.exit(1)
 
 

@@ -1,98 +1,229 @@
-"""Typed job configuration, registered in Hydra's ConfigStore.
+"""Typed job configuration: the one schema every Hydra group, sweep and saved job config is checked against.
 
-Every group in ``conf/`` is validated against these dataclasses, so a misspelt key or a wrong type
-fails when Hydra composes the config, before any model is loaded.
+Each section is a dataclass in the style of peft's ``LoraConfig``: typed fields, a ``help`` per field, and
+the checks in ``__post_init__``. Choices are enums, so Hydra rejects a bad value (``quant.storage=nf5``) or a
+misspelt key when it composes the config — for a sweep, before its first job starts. Range checks run when
+:func:`validate_config` turns the composed config into these objects, before any model is loaded; checks
+that need the device (kernels, paged optimizers) are in :meth:`JobConfig.check_device`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+from harness.quant.registry import FLOAT_DTYPES, STORAGE_TYPES, validate_quant_args
+
+
+class ConfigError(ValueError):
+    """A config value outside its allowed range, named with the key, the value and what is allowed."""
+
+
+class Choice(str, Enum):
+    """A string choice that OmegaConf validates by name and that prints as its value (``nf4``, not
+    ``Storage.nf4``), so results, logs and f-strings read the same as the YAML."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def _choices(name: str, values) -> type[Choice]:
+    return Choice(name, [(v, v) for v in values])
+
+
+# Storage types come from the quantization registry, the one list of them.
+Storage = _choices("Storage", STORAGE_TYPES)
+ComputeDtype = _choices("ComputeDtype", ("auto", *FLOAT_DTYPES))
+Optimizer = _choices("Optimizer", ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"))
+Device = _choices("Device", ("auto", "cpu", "cuda"))
+Fault = _choices("Fault", ("raise", "exit", "kill"))
+TARGET_PRESETS = ("all-linear", "attention", "mlp")
+
+
+def _help(text: str, default: Any = None, factory: Any = None) -> Any:
+    """A field with its help text in the metadata, as peft's config dataclasses document theirs."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
 class ModelConfig:
-    """Which base model to load.
+    """Which base model to load."""
 
-    ``name_or_path`` is ``smollm2-135m`` (the GGUF model shipped on PyPI), ``tiny`` (built in code, for
-    tests), an HF hub id or a local directory.
-    """
-
-    name_or_path: str = "smollm2-135m"
-    trust_remote_code: bool = False
-    revision: str | None = None
-    cache_dir: str | None = None  # where converted models are cached; default ~/.cache/qlora-bench
+    name_or_path: str = _help(
+        "smollm2-135m (the GGUF shipped on PyPI), tiny (built in code, for tests), an HF id or a local dir",
+        "smollm2-135m",
+    )
+    trust_remote_code: bool = _help("run the model repo's own code (only when asked)", False)
+    revision: str | None = _help("HF hub revision", None)
+    cache_dir: str | None = _help("converted-model cache; default $QLORA_CACHE_DIR or ~/.cache/qlora-bench")
 
 
 @dataclass
 class QuantConfig:
-    """How the frozen base weights are stored (see ``harness.quant.registry`` for the types)."""
+    """How the frozen base weights are stored (``harness.quant.registry`` defines the types)."""
 
-    storage: str = "nf4"  # nf4 | fp4 | int4 | int8 | bf16 | fp16 | fp32
-    blocksize: int = 64
-    double_quant: bool = True
-    compute_dtype: str = "auto"  # auto: bf16 on CUDA (as in the paper), fp32 on CPU | bf16 | fp16 | fp32
-    skip_modules: list[str] = field(default_factory=lambda: ["lm_head"])  # kept in compute dtype
+    storage: Storage = _help("storage type of the frozen linear weights", Storage.nf4)
+    blocksize: int = _help("values per absmax constant (4-bit types): 32..4096, powers of two", 64)
+    double_quant: bool = _help("store the absmax constants in 8 bits, blocks of 256 (4-bit types)", True)
+    compute_dtype: ComputeDtype = _help(
+        "dtype of matmuls and activations; auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, "
+        "AMX), else fp32",
+        ComputeDtype.auto,
+    )
+    skip_modules: list[str] = _help(
+        "linear layers kept unquantized, in compute dtype", factory=lambda: ["lm_head"]
+    )
+
+    def __post_init__(self) -> None:
+        validate_quant_args(str(self.storage), self.blocksize, self.double_quant)
 
 
 @dataclass
 class LoraConfig:
     """LoRA adapters; defaults are the paper's (r=64, alpha=16, dropout 0.1, all linear layers)."""
 
-    r: int = 64
-    alpha: float = 16.0
-    dropout: float = 0.1
-    targets: Any = "all-linear"  # all-linear | attention | mlp | list of module names
+    r: int = _help("adapter rank (the paper: 8..256; it barely matters when all layers are adapted)", 64)
+    alpha: float = _help("scaling numerator: the update is alpha / r * B A x", 16.0)
+    dropout: float = _help("dropout on the adapter input, in [0, 1)", 0.1)
+    targets: Any = _help(
+        f"one of {', '.join(TARGET_PRESETS)} or a list of linear-layer names (q_proj, ...)", "all-linear"
+    )
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.r) and self.r >= 1, "lora.r", self.r, "an integer >= 1 (the paper uses 8..256)")
+        _require(self.alpha > 0, "lora.alpha", self.alpha, "> 0")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "0 <= dropout < 1")
+        if isinstance(self.targets, str):
+            _require(
+                self.targets in TARGET_PRESETS, "lora.targets", self.targets, f"{TARGET_PRESETS} or a list"
+            )
+        else:
+            targets = list(self.targets)
+            _require(
+                bool(targets) and all(isinstance(t, str) and t for t in targets),
+                "lora.targets",
+                targets,
+                "a non-empty list of module names",
+            )
 
 
 @dataclass
 class TrainConfig:
     """Training loop; defaults follow the paper (constant lr 2e-4, beta2 0.999, max grad norm 0.3)."""
 
-    steps: int = 30
-    batch_size: int = 4
-    grad_accum: int = 1
-    seq_len: int = 256
-    lr: float = 2e-4  # constant schedule, as in the paper
-    adam_beta2: float = 0.999
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3
-    optimizer: str = "adamw"  # adamw | paged_adamw_32bit | paged_adamw_8bit (paged ones need CUDA)
-    gradient_checkpointing: bool = True
-    group_by_length: bool = True
-    warmup_steps_excluded: int = 2  # steps left out of tokens/s and step time (compile, allocator warm-up)
-    save_adapter: bool = False
+    steps: int = _help("optimizer steps (0: evaluate the quantized model only)", 30)
+    batch_size: int = _help("examples per micro-batch", 4)
+    grad_accum: int = _help("micro-batches per optimizer step", 1)
+    seq_len: int = _help("longest tokenized example; longer ones are cut", 256)
+    lr: float = _help("constant learning rate, as in the paper", 2e-4)
+    adam_beta2: float = _help("Adam's beta2 (the paper: 0.999)", 0.999)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    max_grad_norm: float = _help("gradient clipping (the paper: 0.3); 0 disables it", 0.3)
+    optimizer: Optimizer = _help("adamw, or bitsandbytes' paged AdamW (CUDA only)", Optimizer.adamw)
+    gradient_checkpointing: bool = _help(
+        "recompute each layer in backward: less memory, ~30 % more time", True
+    )
+    group_by_length: bool = _help(
+        "batch examples of similar length (the paper's setting): less padding", True
+    )
+    warmup_steps_excluded: int = _help("steps left out of tokens/s and step time (allocator warm-up)", 2)
+    save_adapter: bool = _help("save the trained adapter (safetensors) into the job directory", False)
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.steps) and self.steps >= 0, "train.steps", self.steps, "an integer >= 0")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, ">= 1")
+        _require(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, ">= 1")
+        _require(self.seq_len >= 8, "train.seq_len", self.seq_len, ">= 8")
+        _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", self.lr, "a finite value > 0")
+        _require(0 <= self.adam_beta2 < 1, "train.adam_beta2", self.adam_beta2, "0 <= beta2 < 1")
+        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        _require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, ">= 0 (0: no clipping)")
+        _require(
+            self.warmup_steps_excluded >= 0, "train.warmup_steps_excluded", self.warmup_steps_excluded, ">= 0"
+        )
 
 
 @dataclass
 class DataConfig:
     """Training set: ``synthetic`` (generated, no files), an instruction JSON path or an HF dataset id."""
 
-    source: str = "synthetic"
-    data_dir: str | None = None  # default: $QLORA_DATA_DIR, else ../shared/data when it exists
-    split: str = "train"
-    max_examples: int | None = None
-    instruction_field: str = "instruction"
-    input_field: str = "input"
-    output_field: str = "output"
-    train_on_source: bool = False  # the paper trains on the response only
-    num_synthetic: int = 512
+    source: str = _help(
+        "synthetic | a JSON/JSONL file (as given or under the data dir) | an HF dataset id", "synthetic"
+    )
+    data_dir: str | None = _help(
+        "real data sets; default $QLORA_DATA_DIR, else ../shared/data beside the checkout"
+    )
+    split: str = _help("split of an HF dataset", "train")
+    max_examples: int | None = _help("use the first N records only")
+    instruction_field: str = _help("record field holding the instruction", "instruction")
+    input_field: str = _help("record field holding the optional input", "input")
+    output_field: str = _help("record field holding the response", "output")
+    train_on_source: bool = _help(
+        "also train on the prompt tokens (the paper trains on the response only)", False
+    )
+    num_synthetic: int = _help("examples of the synthetic task", 512)
+
+    def __post_init__(self) -> None:
+        if self.max_examples is not None:
+            _require(self.max_examples >= 1, "data.max_examples", self.max_examples, ">= 1 or null")
+        _require(self.num_synthetic >= 1, "data.num_synthetic", self.num_synthetic, ">= 1")
 
 
 @dataclass
 class EvalConfig:
     """lm-eval settings; ``tasks=[]`` skips evaluation."""
 
-    tasks: list[str] = field(default_factory=list)
-    limit: Any = None  # int (examples per task) or float in (0, 1] (fraction)
-    batch_size: int = 8
-    num_fewshot: int | None = None
-    bootstrap_iters: int = 1000
-    include_path: list[str] = field(default_factory=list)
-    before: bool = False  # also evaluate the quantized base model before training
-    seed: int = 1234
+    tasks: list[str] = _help(
+        "lm-eval task or group names (the shipped *_local tasks work offline)", factory=list
+    )
+    limit: Any = _help("examples per task (int) or a fraction of each task in (0, 1]; null: all", None)
+    batch_size: int = _help("lm-eval batch size", 8)
+    num_fewshot: int | None = _help("few-shot examples; null: each task's default")
+    bootstrap_iters: int = _help("lm-eval's bootstrap for its stderr", 1000)
+    include_path: list[str] = _help("extra task folders (each must hold task YAMLs)", factory=list)
+    before: bool = _help("also evaluate the quantized base model before training", False)
+    seed: int = _help("lm-eval's seed (few-shot sampling)", 1234)
+
+    def __post_init__(self) -> None:
+        limit = self.limit
+        _require(
+            limit is None or (_is_int(limit) and limit > 0) or (isinstance(limit, float) and 0 < limit <= 1),
+            "eval.limit",
+            limit,
+            "an integer > 0 (examples per task), a fraction in (0, 1], or null",
+        )
+        if self.num_fewshot is not None:
+            _require(self.num_fewshot >= 0, "eval.num_fewshot", self.num_fewshot, ">= 0 or null")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        for entry in self.include_path:
+            folder = Path(entry).expanduser()
+            _require(folder.is_dir(), "eval.include_path", entry, "existing folders of task YAML files")
+            _require(
+                any(folder.rglob("*.yaml")), "eval.include_path", entry, "folders holding task YAML files"
+            )
 
 
 @dataclass
@@ -105,9 +236,52 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    fault: str | None = None  # test-only fault injection: raise | exit | kill
+    seed: int = _help("seed of LoRA init, data order and dropout", 0)
+    device: Device = _help("auto: CUDA when available, else CPU", Device.auto)
+    fault: Fault | None = _help("test-only: make the job fail in a chosen way", None)
+
+    def check_device(self, device: torch.device) -> None:
+        """The checks that need the device: storage kernels and paged optimizers."""
+        validate_quant_args(str(self.quant.storage), self.quant.blocksize, self.quant.double_quant, device)
+        if str(self.train.optimizer).startswith("paged_") and device.type != "cuda":
+            raise ConfigError(
+                f"train.optimizer={self.train.optimizer} pages optimizer state through CUDA unified memory "
+                f"and needs a CUDA device; this job runs on {device.type}: use train.optimizer=adamw"
+            )
+
+
+def _schema_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(node):
+        keys.append(prefix + f.name)
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys.extend(_schema_keys(default, f"{prefix}{f.name}."))
+    return keys
+
+
+def _unknown_key_error(exc: ConfigKeyError) -> ConfigError:
+    key = str(getattr(exc, "full_key", "") or "")
+    close = difflib.get_close_matches(key, _schema_keys(JobConfig), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint} (harness/config.py lists every key)")
+
+
+def config_dict(cfg: DictConfig | JobConfig) -> dict[str, Any]:
+    """Plain, resolved values (choices as strings): what result.json, job_config.yaml and hashes hold."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
+
+
+def validate_config(cfg: DictConfig | dict) -> JobConfig:
+    """The composed (or saved) config as typed objects: unknown keys (also ones added with ``+``), wrong
+    types and out-of-range values fail here, naming the key, the value and what is allowed."""
+    values = config_dict(cfg) if isinstance(cfg, DictConfig) else cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(JobConfig), values)
+    except ConfigKeyError as exc:
+        raise _unknown_key_error(exc) from exc
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
 def register_configs() -> None:

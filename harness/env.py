@@ -9,8 +9,8 @@ import subprocess
 
 import torch
 
+from harness.device import device_name
 from harness.paths import CHECKOUT
-from harness.train.meters import device_name
 
 PACKAGES = (
     "torch",
@@ -51,13 +51,16 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
-def environment(device: torch.device) -> dict:
+def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: str) -> dict:
+    """Where and how a job ran: versions, device, compute dtype (and why it was chosen), commit."""
     env = {"python": platform.python_version()}
     env.update({name.replace("-", "_"): _version(name) for name in PACKAGES})
     env.update(
         {
             "device": device.type,
             "device_name": device_name(device),
+            "compute_dtype": compute_dtype,
+            "compute_dtype_reason": compute_dtype_reason,
             "cuda": torch.version.cuda,
             "cpu_threads": torch.get_num_threads(),
             "hostname": socket.gethostname(),

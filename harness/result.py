@@ -1,34 +1,97 @@
 """The ``result.json`` contract between layers (schema_version 1, see ARCHITECTURE.md).
 
-A job writes exactly one ``result.json``; sweeps, reports and compare only ever read it through
-:func:`read_result`. Writes are atomic (temp file + rename) so a killed job never leaves half a file.
+A job assembles one typed :class:`JobResult` and writes it once; sweeps, reports, compare and tests read it
+back through :meth:`JobResult.load` (or :func:`read_result` for the plain dict). Writes are atomic (temp
+file + rename) so a killed job never leaves half a file. :func:`job_identity` is the one definition of
+"the same job", for resume, reports and compare alike.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = (1,)
 RESULT_FILE = "result.json"
+# Config keys that say where things are on one machine, or how a test breaks a job, not what the job is.
+MACHINE_LOCAL_KEYS: tuple[str, ...] = ("fault", "model.cache_dir", "data.data_dir", "eval.include_path")
 
 
 class ResultError(ValueError):
     """A ``result.json`` that cannot be read or has an unknown schema."""
 
 
+def job_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config without :data:`MACHINE_LOCAL_KEYS`: two jobs are the same job when these match."""
+    identity = copy.deepcopy(config)
+    for dotted in MACHINE_LOCAL_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = identity
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return identity
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """Stable short hash of a resolved job config; resume and compare match jobs by it."""
-    relevant = {k: v for k, v in config.items() if k != "fault"}
-    blob = json.dumps(relevant, sort_keys=True, default=str)
+    """Stable short hash of a job's identity; resume skips a finished job with the same hash."""
+    blob = json.dumps(job_identity(config), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class JobResult:
+    """Everything one job measured, in the order a job measures it; ``None`` blocks were not reached."""
+
+    status: str  # ok | failed
+    config: dict[str, Any] = field(default_factory=dict)  # resolved, choices as strings
+    config_hash: str = ""
+    env: dict[str, Any] = field(default_factory=dict)  # versions, device, compute dtype and why, commit
+    model: dict[str, Any] | None = None  # source, max_seq_len
+    quant: dict[str, Any] | None = None  # harness.model.replace.QuantizationSummary
+    lora: dict[str, Any] | None = None  # r, alpha, resolved target names, trainable params
+    train: dict[str, Any] | None = None  # harness.train.loop.TrainResult + the memory estimate
+    eval_before: dict[str, Any] | None = None  # {task: {metric, metric_stderr, n}} of the quantized base
+    eval: dict[str, Any] | None = None  # the same after training
+    eval_delta: dict[str, Any] | None = None  # eval - eval_before
+    caveats: list[str] = field(default_factory=list)  # what a reader must know, incl. auxiliary failures
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: dict[str, str] | None = None  # type, message, traceback tail of a failed job
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object, ``schema_version`` first, blocks that were not reached left out."""
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> JobResult:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ResultError(f"result.json has fields this reader does not know: {unknown}")
+        return cls(**data)
+
+    def save(self, job_dir: str | os.PathLike) -> Path:
+        return write_result(job_dir, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> JobResult:
+        return cls.from_json(read_result(path))
 
 
 def _json_safe(value: Any) -> Any:

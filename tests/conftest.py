@@ -10,7 +10,6 @@ from harness.config import register_configs
 from harness.paths import CONF_DIR
 
 
-
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing in the test suite may reach the Hugging Face hub."""

@@ -13,12 +13,13 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness.config import DataConfig, LoraConfig, TrainConfig
 from harness.data.instruct import load_records, tokenize_records
+from harness.device import cpu_has_native_bf16
 from harness.job import run_job
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_model
 from harness.quant import QuantLinear
-from harness.result import read_result
+from harness.result import JobResult, read_result
 from harness.train.loop import train
 
 TINY_JOB = ("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=128")
@@ -31,8 +32,9 @@ def test_job_writes_valid_result_for_each_storage(job_config, tmp_path, storage)
     """Each storage type trains on the tiny model and records metrics in result.json."""
     cfg = job_config(*TINY_JOB, f"quant.storage={storage}", "quant.double_quant=false", "train.steps=6")
     result = run_job(cfg, tmp_path)
-    assert result["status"] == "ok", result.get("error")
+    assert result.ok, result.error
     record = read_result(tmp_path / "result.json")
+    assert JobResult.from_json(record) == result  # what is written is what the job returned
     assert record["config"]["quant"]["storage"] == storage
     assert record["train"]["steps"] == 6 and record["train"]["tokens_per_s"] > 0
     assert len(record["train"]["loss"]) == 6
@@ -49,8 +51,8 @@ def test_loss_falls_on_synthetic_task(job_config, tmp_path):
     """A few dozen steps of NF4 QLoRA on the memorisable task clearly lower the loss."""
     cfg = job_config(*TINY_JOB, "lora.dropout=0.0")
     result = run_job(cfg, tmp_path)
-    assert result["status"] == "ok", result.get("error")
-    loss = result["train"]["loss"]
+    assert result.ok, result.error
+    loss = result.train["loss"]
     assert sum(loss[-4:]) / 4 < 0.6 * sum(loss[:4]) / 4
 
 
@@ -96,22 +98,46 @@ def test_only_lora_moves_and_base_stays_packed():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("quant.storage=nf5", "nf5"),
         ("quant.blocksize=48", "48"),
         ("lora.r=0", "lora.r=0"),
         ("lora.targets=[nope_proj]", "q_proj"),
         ("train.seq_len=100000", "100000"),
+        ("train.steps=-5", "train.steps=-5"),
+        ("train.grad_accum=0", "train.grad_accum=0"),
+        ("train.batch_size=0", "train.batch_size=0"),
+        ("train.seq_len=4", "train.seq_len=4"),
+        ("train.lr=0", "train.lr=0"),
+        ("lora.dropout=1.0", "lora.dropout=1.0"),
+        ("eval.limit=1.5", "eval.limit=1.5"),
+        ("eval.limit=0", "eval.limit=0"),
+        ("eval.num_fewshot=-1", "eval.num_fewshot=-1"),
+        ("eval.include_path=[/no/such/dir]", "/no/such/dir"),
+        ("+quant.typo=1", "quant.typo"),
         ("model.name_or_path=/does/not/exist", "/does/not/exist"),
         ("data.source=/does/not/exist.json", "/does/not/exist.json"),
         ("train.optimizer=paged_adamw_8bit", "CUDA"),
     ],
 )
 def test_bad_input_fails_with_clear_message(job_config, tmp_path, override, message):
-    """Bad input is a failed result naming the value, written before any training happens."""
+    """Bad input is a failed result naming the key and value, written before any training happens."""
     result = run_job(job_config(*TINY_JOB, override), tmp_path)
-    assert result["status"] == "failed"
-    assert message in result["error"]["message"]
-    assert "train" not in result and read_result(tmp_path / "result.json")["status"] == "failed"
+    assert result.status == "failed"
+    assert message in result.error["message"]
+    assert result.train is None and read_result(tmp_path / "result.json")["status"] == "failed"
+
+
+def test_unknown_key_names_close_matches(job_config, tmp_path):
+    """A key added with ``+`` that the schema does not know fails in a single run too, with suggestions."""
+    result = run_job(job_config(*TINY_JOB, "+train.step=5"), tmp_path)
+    assert result.status == "failed" and "did you mean train.steps" in result.error["message"]
+
+
+@pytest.mark.parametrize("override", ["quant.storage=nf5", "train.optimizer=sgd", "quant.compute_dtype=fp8"])
+def test_bad_choice_fails_at_composition(job_config, override):
+    """Choices are enums in the schema: Hydra rejects a bad one when it composes, listing the allowed."""
+    with pytest.raises(ConfigCompositionException) as failure:
+        job_config(*TINY_JOB, override)
+    assert "expected one of" in str(failure.value.__cause__)
 
 
 def test_dataset_missing_field_is_named(job_config, tmp_path):
@@ -119,7 +145,7 @@ def test_dataset_missing_field_is_named(job_config, tmp_path):
     data = tmp_path / "data.json"
     data.write_text(json.dumps([{"instruction": "hi", "response": "there"}]))
     result = run_job(job_config(*TINY_JOB, f"data.source={data}"), tmp_path / "job")
-    assert result["status"] == "failed" and "['output']" in result["error"]["message"]
+    assert result.status == "failed" and "['output']" in result.error["message"]
 
 
 def test_misspelt_key_fails_at_composition(job_config):
@@ -130,6 +156,39 @@ def test_misspelt_key_fails_at_composition(job_config):
         job_config("lora.r=many")
 
 
+def test_auxiliary_failure_keeps_the_run(job_config, tmp_path, monkeypatch):
+    """A failing step that is not the job's purpose (here the memory estimate) becomes a caveat: the job
+    stays ok and keeps its training measurements."""
+
+    def broken(*args, **kwargs):
+        raise KeyError("dense")
+
+    monkeypatch.setattr("harness.job.estimate_peak_memory", broken)
+    result = run_job(job_config(*TINY_JOB, "train.steps=2"), tmp_path)
+    assert result.ok, result.error
+    assert result.train["steps"] == 2 and "memory_estimate" not in result.train
+    assert any(c.startswith("memory estimate failed: KeyError") for c in result.caveats)
+
+
+def test_failed_evaluation_keeps_training_results(job_config, tmp_path, monkeypatch):
+    """An evaluation that fails after training fails the job but keeps what training measured."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr("harness.evaluate.evaluate_model", broken)
+    result = run_job(job_config(*TINY_JOB, "eval=synthetic", "train.steps=2"), tmp_path)
+    assert result.status == "failed" and result.error["message"] == "evaluation broke"
+    assert read_result(tmp_path / "result.json")["train"]["steps"] == 2
+
+
+def test_compute_dtype_is_recorded_with_its_reason(job_config, tmp_path):
+    """``auto`` picks bf16 where the CPU multiplies bf16 natively, fp32 elsewhere, and says why."""
+    result = run_job(job_config(*TINY_JOB, "train.steps=1"), tmp_path)
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert result.env["compute_dtype"] == expected and result.env["compute_dtype_reason"].startswith("auto")
+
+
 def test_failed_job_exits_nonzero_from_cli(tmp_path):
     """The console app exits non-zero and leaves status: failed when its job fails."""
     proc = subprocess.run(
@@ -138,7 +197,7 @@ def test_failed_job_exits_nonzero_from_cli(tmp_path):
             "-c",
             "from harness.cli import bench; bench()",
             *TINY_JOB,
-            "quant.storage=nf5",
+            "model.name_or_path=/does/not/exist",
             f"hydra.run.dir={tmp_path}",
         ],
         capture_output=True,

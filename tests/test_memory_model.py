@@ -135,8 +135,8 @@ def test_job_stores_an_estimate_near_its_measured_peak(job_config, tmp_path):
     """A real tiny job: the stored estimate is within a loose factor of the measured peak RSS."""
     cfg = job_config("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=64", "train.steps=4")
     result = run_job(cfg, tmp_path)
-    assert result["status"] == "ok", result.get("error")
-    train = result["train"]
+    assert result.ok, result.error
+    train = result.train
     estimate_bytes, peak = train["memory_estimate_bytes"], train["peak_memory_bytes"]
     assert estimate_bytes == train["memory_estimate"]["total"]
     assert train["memory_estimate"]["terms"]["baseline_rss"] > 0

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.result import RESULT_FILE, ResultError, config_hash, read_result, write_result
+from harness.config import config_dict
+from harness.result import RESULT_FILE, JobResult, ResultError, config_hash, read_result
 
 JOB_CONFIG_FILE = "job_config.yaml"
 
@@ -45,7 +46,7 @@ def _exit_reason(returncode: int) -> str:
 
 def run_isolated(cfg: DictConfig, job_dir: Path, force: bool = False) -> Outcome:
     """Skip, or run ``python -m harness.job`` for this config and make sure a result.json exists after."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = config_dict(cfg)
     expected = config_hash(resolved)
     if not force and _finished_ok(job_dir, expected):
         return Outcome(str(job_dir), "skipped", "finished ok earlier with the same config")
@@ -58,15 +59,12 @@ def run_isolated(cfg: DictConfig, job_dir: Path, force: bool = False) -> Outcome
         record = read_result(job_dir / RESULT_FILE)
     except ResultError:
         reason = _exit_reason(proc.returncode)
-        write_result(
-            job_dir,
-            {
-                "status": "failed",
-                "config_hash": expected,
-                "config": resolved,
-                "error": {"type": "JobProcessDied", "message": reason, "traceback": ""},
-            },
-        )
+        JobResult(
+            status="failed",
+            config=resolved,
+            config_hash=expected,
+            error={"type": "JobProcessDied", "message": reason, "traceback": ""},
+        ).save(job_dir)
         return Outcome(str(job_dir), "failed", reason)
     if record.get("status") == "ok":
         return Outcome(str(job_dir), "ok")

@@ -35,7 +35,6 @@ class TrainResult:
     step_time_s_median: float
     loss: list[float] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
-    compute_dtype: str = ""
     trainable_params: int = 0
     gradient_checkpointing: bool = True
     largest_batch: BatchShape | None = None  # widest micro-batch and most logit rows, for the memory model
@@ -50,7 +49,6 @@ class TrainResult:
             "loss": self.loss,
             "loss_start": self.loss[0] if self.loss else None,
             "loss_end": self.loss[-1] if self.loss else None,
-            "compute_dtype": self.compute_dtype,
             "gradient_checkpointing": self.gradient_checkpointing,
             "largest_batch": vars(self.largest_batch) if self.largest_batch else None,
             **self.memory,

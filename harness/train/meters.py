@@ -44,28 +44,3 @@ def peak_memory(device: torch.device) -> dict[str, int | str]:
     if hwm is None:  # no /proc: fall back to the process-lifetime peak
         hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"peak_memory_bytes": int(hwm), "peak_memory_kind": "rss"}
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when available; an explicit ``cuda`` without one is an error."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested not in ("cpu", "cuda"):
-        raise ValueError(f"device={requested!r} is not one of ('auto', 'cpu', 'cuda')")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was asked for but torch sees no CUDA device")
-    return torch.device(requested)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"

@@ -6,22 +6,6 @@ import torch
 
 from harness.config import TrainConfig
 
-OPTIMIZERS = ("adamw", "paged_adamw_32bit", "paged_adamw_8bit")
-
-
-class OptimizerError(ValueError):
-    """Unknown optimizer, or a paged one on a device without CUDA."""
-
-
-def validate_optimizer(name: str, device: torch.device) -> None:
-    if name not in OPTIMIZERS:
-        raise OptimizerError(f"train.optimizer={name!r} is not one of {OPTIMIZERS}")
-    if name.startswith("paged_") and device.type != "cuda":
-        raise OptimizerError(
-            f"train.optimizer={name!r} pages optimizer state through CUDA unified memory and needs a CUDA "
-            f"device; this job runs on {device.type}: use train.optimizer=adamw"
-        )
-
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with the paper's beta2 0.999; constant learning rate (no scheduler object needed).
