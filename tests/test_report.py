@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,14 @@ from typing import Any
 import matplotlib.image
 import pandas as pd
 import pytest
+import scipy.stats
 from PIL import Image
 
 from harness.report import build_report
 from harness.report.cli import main
 from harness.report.figures import pareto_mask
 from harness.report.metrics import metric_frame
-from harness.result import config_hash, write_result
+from harness.result import JobResult, config_hash
 
 MIB = 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,23 +32,32 @@ BITS = {"nf4": 4.127, "fp4": 4.127, "int4": 4.5}
 TOKENS_PER_S = {"nf4": 410.0, "fp4": 430.0, "int4": 300.0}
 
 
-def job_config(storage: str, seed: int, blocksize: int = 64, r: int = 16, out: str = "") -> dict[str, Any]:
+def config_of(
+    storage: str, seed: int, blocksize: int = 64, r: int = 16, double_quant: bool = True
+) -> dict[str, Any]:
+    """A resolved job config (a subset of the real one: what the report reads)."""
     return {
-        "model": {"name_or_path": "smollm2-135m", "revision": None},
+        "model": {"name_or_path": "smollm2-135m", "revision": None, "cache_dir": None},
         "quant": {
             "storage": storage,
             "blocksize": blocksize,
-            "double_quant": True,
+            "double_quant": double_quant,
             "compute_dtype": "auto",
             "skip_modules": ["lm_head"],
         },
         "lora": {"r": r, "alpha": 16.0, "dropout": 0.1, "targets": ["q_proj", "v_proj"]},
-        "train": {"steps": 10, "batch_size": 4, "seq_len": 128, "lr": 2e-4, "optimizer": "adamw"},
+        "train": {
+            "steps": 10,
+            "batch_size": 4,
+            "seq_len": 128,
+            "lr": 2e-4,
+            "optimizer": "adamw",
+            "warmup_steps_excluded": 2,
+        },
         "data": {"source": "synthetic", "data_dir": f"/data/{seed}"},
-        "eval": {"tasks": ["arc_easy_local", "wikitext2_local"], "limit": 200},
+        "eval": {"tasks": ["arc_easy_local", "wikitext2_local"], "limit": 200, "log_samples": True},
         "seed": seed,
         "device": "cpu",
-        "output_dir": out,
     }
 
 
@@ -65,88 +76,98 @@ def env(commit: str) -> dict[str, Any]:
     }
 
 
-def ok_record(config: dict[str, Any], arc: float, ppl: float, bits: float, tps: float) -> dict[str, Any]:
-    seed = config["seed"]
-    loss = [2.5 - 0.12 * step - 0.01 * seed for step in range(10)]
-    return {
-        "status": "ok",
-        "config_hash": config_hash(config),
-        "config": config,
-        "env": env("abc1234" if seed == 0 else "def5678"),
-        "quant": {
-            "storage": config["quant"]["storage"],
-            "blocksize": config["quant"]["blocksize"],
-            "double_quant": True,
+def ok_result(
+    config: dict[str, Any],
+    evaluation: dict[str, dict[str, float]],
+    bits: float,
+    tps: float,
+    loss: list[float],
+) -> JobResult:
+    """A finished job's result as the job assembles it."""
+    quant = config["quant"]
+    return JobResult(
+        status="ok",
+        config=config,
+        config_hash=config_hash(config),
+        env=env("abc1234" if config["seed"] == 0 else "def5678"),
+        model={"source": "shipped-gguf", "max_seq_len": 8192},
+        quant={
+            "storage": quant["storage"],
+            "blocksize": quant["blocksize"],
+            "double_quant": quant["double_quant"],
             "weight_bytes": 70_000_000,
-            "bits_per_param": bits,
             "quantized_params": 134_000_000,
+            "bits_per_param": bits,
+            "layers": 210,
+            "skipped": ["lm_head"],
         },
-        "lora": {
+        lora={
             "r": config["lora"]["r"],
             "alpha": 16.0,
             "targets": ["q_proj", "v_proj"],
             "trainable_params": 9e5,
         },
-        "train": {
-            "steps": 10,
+        train={
+            "steps": len(loss),
             "tokens": 5120,
-            "tokens_per_s": tps + seed,
+            "target_tokens": 2000,
+            "tokens_per_s": tps,
             "step_time_s_median": 1.2,
             "loss": loss,
             "loss_start": loss[0],
             "loss_end": loss[-1],
-            "peak_memory_bytes": (300 + seed) * MIB,
+            "gradient_checkpointing": True,
+            "peak_memory_bytes": (300 + config["seed"]) * MIB,
             "peak_memory_kind": "rss",
-            "compute_dtype": "float32",
         },
-        "eval": {
-            "arc_easy_local": {
-                "acc": arc - 0.02,
-                "acc_stderr": 0.035,
-                "acc_norm": arc,
-                "acc_norm_stderr": 0.035,
-                "n": 200,
-            },
-            "wikitext2_local": {
-                "word_perplexity": ppl,
-                "byte_perplexity": 1.9,
-                "bits_per_byte": 0.93,
-                "n": 20,
-            },
+        eval=evaluation,
+        caveats=[CAVEAT],
+        timings_s={"load": 3.0, "quantize": 1.0, "train": 12.0, "eval": 30.0, "total": 46.0},
+    )
+
+
+def ok_record(config: dict[str, Any], arc: float, ppl: float, bits: float, tps: float) -> JobResult:
+    seed = config["seed"]
+    evaluation = {
+        "arc_easy_local": {
+            "acc": arc - 0.02,
+            "acc_stderr": 0.035,
+            "acc_norm": arc,
+            "acc_norm_stderr": 0.035,
+            "n": 200,
         },
-        "timings_s": {"load": 3.0, "quantize": 1.0, "train": 12.0, "eval": 30.0, "total": 46.0},
-        "caveats": [CAVEAT],
-        "sweep": {"name": "storage"},
+        "wikitext2_local": {"word_perplexity": ppl, "byte_perplexity": 1.9, "bits_per_byte": 0.93, "n": 20},
     }
+    loss = [2.5 - 0.12 * step - 0.01 * seed for step in range(10)]
+    return ok_result(config, evaluation, bits, tps + seed, loss)
 
 
-def failed_record(config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "status": "failed",
-        "config_hash": config_hash(config),
-        "config": config,
-        "env": env("abc1234"),
-        "error": {
+def failed_record(config: dict[str, Any]) -> JobResult:
+    return JobResult(
+        status="failed",
+        config=config,
+        config_hash=config_hash(config),
+        env=env("abc1234"),
+        error={
             "type": "RuntimeError",
             "message": "quantize: blocksize 4096 exceeds the row length 576\nsecond line",
             "traceback": "Traceback (most recent call last): ...",
         },
-        "timings_s": {"load": 3.0, "total": 3.1},
-        "caveats": [CAVEAT],
-    }
+        timings_s={"load": 3.0, "total": 3.1},
+        caveats=[CAVEAT],
+    )
 
 
 def write_storage_sweep(root: Path) -> None:
     """Six finished jobs (three storage types × two seeds), one failed job, one corrupt result.json."""
     for storage in ARC:
         for seed in (0, 1):
-            job_dir = root / f"{storage}-s{seed}"
-            config = job_config(storage, seed, out=str(job_dir))
+            config = config_of(storage, seed)
             record = ok_record(
                 config, ARC[storage][seed], PPL[storage][seed], BITS[storage], TOKENS_PER_S[storage]
             )
-            write_result(job_dir, record)
-    write_result(root / "nf4-bs4096", failed_record(job_config("nf4", 0, blocksize=4096)))
+            record.save(root / f"{storage}-s{seed}")
+    failed_record(config_of("nf4", 0, blocksize=4096)).save(root / "nf4-bs4096")
     (root / "broken").mkdir()
     (root / "broken" / "result.json").write_text('{"schema_version": 1, "status": ')
 
@@ -181,8 +202,11 @@ def results_cell(markdown: str, row: str, header_start: str) -> str:
     return next(r for r in rows if r[0] == row)[column]
 
 
-def mean_std(values: list[float], digits: int) -> str:
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def mean_ci(values: list[float], digits: int) -> str:
+    """Mean and 95 % t-interval over seeds, as the table prints them (computed here by hand)."""
+    mean = statistics.mean(values)
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:.{digits}f} [{mean - half:.{digits}f}, {mean + half:.{digits}f}]"
 
 
 def test_table_has_one_row_per_job_with_dotted_columns(report: tuple[int, str, Path]) -> None:
@@ -205,27 +229,29 @@ def test_rows_are_what_the_sweep_varied_not_seeds_or_paths(report: tuple[int, st
     assert all(r[1] == "2" for r in rows)
 
 
-def test_markdown_shows_mean_and_std_over_seeds(report: tuple[int, str, Path]) -> None:
+def test_markdown_shows_mean_and_t_interval_over_seeds(report: tuple[int, str, Path]) -> None:
     markdown = (report[2] / "report.md").read_text()
     for storage in ARC:
         arc = results_cell(markdown, storage, "arc_easy_local acc_norm (%")
-        assert arc.strip("*") == mean_std([100 * v for v in ARC[storage]], 1)
+        assert arc.strip("*") == mean_ci([100 * v for v in ARC[storage]], 1)
         ppl = results_cell(markdown, storage, "wikitext2_local word_perplexity (ppl")
-        assert ppl.strip("*") == mean_std(PPL[storage], 2)
-    assert results_cell(markdown, "nf4", "peak memory (MiB, rss)") == mean_std([300.0, 301.0], 1)
-    assert results_cell(markdown, "int4", "bits/param (bits)") == "4.500 ± 0.000"
+        assert ppl.strip("*") == mean_ci(PPL[storage], 2)
+    assert results_cell(markdown, "nf4", "peak memory (MiB, rss)") == mean_ci([300.0, 301.0], 1)
+    assert results_cell(markdown, "int4", "bits/param (bits)") == "4.500"  # no spread: no interval
+    assert "t-interval over the row's seeds" in markdown
 
 
-def test_best_value_is_bold_in_the_right_direction(report: tuple[int, str, Path]) -> None:
+def test_bold_only_where_a_row_beats_every_other_significantly(report: tuple[int, str, Path]) -> None:
+    """Two seeds cannot separate nf4's 46 % from fp4's 42.5 % (paired t, p = 0.09): nothing bold there."""
     markdown = (report[2] / "report.md").read_text()
-    assert results_cell(markdown, "nf4", "arc_easy_local acc_norm").startswith("**")  # highest accuracy
-    assert not results_cell(markdown, "fp4", "arc_easy_local acc_norm").startswith("**")
-    assert results_cell(markdown, "fp4", "wikitext2_local word_perplexity").startswith("**")  # lowest ppl
-    assert not results_cell(markdown, "nf4", "wikitext2_local word_perplexity").startswith("**")
-    assert results_cell(markdown, "nf4", "bits/param").startswith("**")  # nf4 and fp4 tie at 4.127
-    assert results_cell(markdown, "fp4", "bits/param").startswith("**")
-    assert not results_cell(markdown, "int4", "bits/param").startswith("**")
+    for storage in ARC:
+        assert not results_cell(markdown, storage, "arc_easy_local acc_norm").startswith("**")
+        assert not results_cell(markdown, storage, "wikitext2_local word_perplexity").startswith("**")
+        assert not results_cell(markdown, storage, "bits/param").startswith("**")  # nf4 and fp4 tie
+    # fp4 is 20 tokens/s faster than nf4 and 130 faster than int4 on both seeds: a paired difference.
+    assert results_cell(markdown, "fp4", "throughput").startswith("**")
     assert not results_cell(markdown, "nf4", "peak memory").startswith("**")  # all rows equal: no best
+    assert "Bold: significantly better than every other row" in markdown
     assert "↑" in markdown and "↓" in markdown
 
 
@@ -273,7 +299,7 @@ def test_html_is_self_contained_with_the_same_numbers(report: tuple[int, str, Pa
     assert html.count("data:image/png;base64,") == 5
     assert "http" not in html.replace("http-equiv", "")
     assert "<link" not in html and "<script" not in html
-    assert f"<strong>{mean_std([100 * v for v in ARC['nf4']], 1)}</strong>" in html
+    assert f"<strong>{mean_ci([430.0, 431.0], 1)}</strong>" in html
     assert "RuntimeError: quantize: blocksize 4096" in html
 
 
@@ -304,17 +330,17 @@ def test_block_size_and_rank_sweep_gets_its_own_rows_and_figures(tmp_path: Path)
         ("nf4", 64, 64),
     ]
     for i, (storage, blocksize, r) in enumerate(settings):
-        config = job_config(storage, 0, blocksize=blocksize, r=r, out=str(tmp_path / f"job{i}"))
+        config = config_of(storage, 0, blocksize=blocksize, r=r)
         record = ok_record(config, 0.40 + 0.01 * i, 40.0 + i, 4.127, 400.0)
-        record["eval_before"] = {"arc_easy_local": {"acc_norm": 0.30, "n": 200}}
-        write_result(tmp_path / f"job{i}", record)
+        record.eval_before = {"arc_easy_local": {"acc_norm": 0.30, "n": 200}}
+        record.save(tmp_path / f"job{i}")
     paths = build_report([tmp_path])
     assert paths.out == tmp_path  # default OUT is the first directory
     header, rows = table_rows(paths.markdown.read_text(), "quant.storage")
     assert header[:4] == ["quant.storage", "quant.blocksize (weights/scale)", "lora.r (rank)", "seeds (n)"]
     delta = header.index("Δ arc_easy_local acc_norm (pp, after−before) ↑")
     assert next(r for r in rows if r[:3] == ["fp4", "256", "16"])[delta] == "13.0"  # 0.43 − 0.30, one seed
-    assert next(r for r in rows if r[:3] == ["nf4", "64", "64"])[delta] == "**15.0**"  # 0.45 − 0.30: best
+    assert next(r for r in rows if r[:3] == ["nf4", "64", "64"])[delta] == "15.0"  # one seed: not tested
     names = {p.stem for p in paths.figures}
     assert {"score_vs_blocksize", "score_vs_lora_r", "score_by_storage"} <= names
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report.comparisons import SelectorError, Statistics, compute_statistics, select_reference
 from harness.report.figures import SavedFigure, draw_figures
 from harness.report.load import LoadedResults, load_results, ok_jobs, write_table
-from harness.report.metrics import label, show
+from harness.report.metrics import configurations, key_header, label, metric_frame, row_keys, show
 from harness.report.render import (
     Block,
     Bullets,
@@ -30,19 +31,19 @@ from harness.report.render import (
     render_html,
     render_markdown,
 )
-from harness.report.summary import key_header, row_keys, summarize
+from harness.report.summary import findings, summarize
+from harness.stats import Bootstrap, load_samples, write_report_samples
+from harness.stats.paired import DEFAULT_BOOTSTRAP
 
 _MESSAGE_CHARS = 300
 
 
 def _overview(table: pd.DataFrame, ok: pd.DataFrame, dirs: Sequence[str]) -> Section:
-    sweeps = sorted({str(s) for s in table.get("sweep.name", pd.Series()).dropna()})
-    named = f" Sweep: {', '.join(sweeps)}." if sweeps else ""
     return Section(
         "Overview",
         [
             Paragraph(
-                f"Jobs read: {len(table)} ({len(ok)} finished, {len(table) - len(ok)} failed).{named} "
+                f"Jobs read: {len(table)} ({len(ok)} finished, {len(table) - len(ok)} failed). "
                 "Directories searched for result.json:"
             ),
             Bullets([str(d) for d in dirs], code=True),
@@ -50,25 +51,25 @@ def _overview(table: pd.DataFrame, ok: pd.DataFrame, dirs: Sequence[str]) -> Sec
     )
 
 
-def _results(ok: pd.DataFrame) -> Section:
-    if ok.empty:
-        return Section("Results", [Paragraph("No job finished, so there is nothing to tabulate.")])
-    summary = summarize(ok)
-    varied = ", ".join(key_header(k) for k in summary.keys)
-    return Section(
-        "Results",
-        [
+def _results(ok: pd.DataFrame, keys: list[str], stats: Statistics | None) -> list[Section]:
+    if stats is None:
+        return [Section("Results", [Paragraph("No job finished, so there is nothing to tabulate.")])]
+    summary = summarize(ok, keys, stats)
+    blocks: list[Block] = [Paragraph(summary.legend), summary.table]
+    if stats.without_samples:
+        blocks += [
             Paragraph(
-                f"Rows are the configurations the jobs differ in ({varied}). Each cell is the mean ± "
-                "sample standard deviation over the seeds of that row (one value when there is one seed). "
-                "Bold marks the best value of a column: ↑ higher is better, ↓ lower is better. Per-job "
-                "values are in results.csv and results.parquet."
+                "Jobs without per-sample results (no samples.parquet): their values carry no document "
+                "bootstrap interval and are not compared document by document:"
             ),
-            summary.table,
-            Paragraph("Where each number comes from, row by row (job directories):"),
-            Bullets(summary.sources),
-        ],
-    )
+            Bullets(stats.without_samples, code=True),
+        ]
+    blocks += [
+        Paragraph("Where each number comes from, row by row (job directories):"),
+        Bullets(summary.sources),
+    ]
+    _, metrics = metric_frame(ok)
+    return [Section("Results", blocks), Section("Findings", findings(stats, metrics))]
 
 
 def _figures(figures: list[SavedFigure], out: Path) -> Section:
@@ -126,17 +127,22 @@ def _caveats(table: pd.DataFrame) -> Section:
 
 
 def build_document(
-    loaded: LoadedResults, dirs: Sequence[str], figures: list[SavedFigure], out: Path
+    loaded: LoadedResults,
+    dirs: Sequence[str],
+    stats: Statistics | None,
+    figures: list[SavedFigure],
+    out: Path,
 ) -> Document:
-    """The whole report: overview, results table, figures, failures, environment, caveats."""
+    """The whole report: overview, results table, findings, figures, failures, environment, caveats."""
     table = loaded.table
     ok = ok_jobs(table)
     failed = table[table.get("status", pd.Series(index=table.index)) != "ok"]
+    keys = row_keys(ok if not ok.empty else table)
     sections = [
         _overview(table, ok, dirs),
-        _results(ok),
+        *_results(ok, keys, stats),
         _figures(figures, out),
-        _failed(failed, row_keys(ok if not ok.empty else table)),
+        _failed(failed, keys),
     ]
     if loaded.errors:
         sections.append(Section("Unreadable result files (skipped)", [Bullets(loaded.errors, code=True)]))
@@ -159,6 +165,8 @@ class ReportPaths:
     out: Path
     parquet: Path
     csv: Path
+    comparisons: list[Path]  # comparisons.parquet and .csv; empty when no job finished
+    samples: Path | None  # every job's samples.parquet in one file; None when no job has one
     markdown: Path
     html: Path
     figures: list[Path]
@@ -171,12 +179,29 @@ def default_out(dirs: Sequence[str | os.PathLike]) -> Path:
     return first.parent if first.is_file() else first
 
 
-def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> ReportPaths:
+def _statistics(ok: pd.DataFrame, reference: str | None, bootstrap: Bootstrap) -> Statistics | None:
+    """Rows, reference and paired comparisons of the finished jobs; None when no job finished."""
+    if ok.empty:
+        return None
+    rows = configurations(ok, row_keys(ok))
+    chosen = select_reference(ok, rows, reference)
+    return compute_statistics(ok, rows, load_samples(ok, source=None), chosen, bootstrap)
+
+
+def build_report(
+    dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    reference: str | None = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> ReportPaths:
     """Read every ``result.json`` under ``dirs`` and write the report into ``out`` (default: the first dir).
 
-    Writes ``results.parquet``, ``results.csv``, ``report.md``, ``report.html`` and ``figures/*.png|svg``.
-    Unreadable files are skipped and listed in the report and in ``ReportPaths.skipped``; raises
-    :class:`NoResultsError` when nothing could be read.
+    Writes ``results.{parquet,csv}``, ``comparisons.{parquet,csv}`` (each row against ``reference``, an
+    override-style selector such as ``"quant.storage=bf16"``, and every other pair), ``samples.parquet``
+    (the jobs' per-sample results in the report layout of :mod:`harness.stats.samples`), ``report.md``,
+    ``report.html`` and ``figures/*.png|svg``. Unreadable files are skipped and listed in the report and
+    in ``ReportPaths.skipped``; raises :class:`NoResultsError` when nothing could be read and
+    :class:`SelectorError` when ``reference`` does not pick exactly one row, before writing anything.
     """
     if not dirs:
         raise NoResultsError("no directory given")
@@ -184,15 +209,20 @@ def build_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | Non
     if loaded.table.empty:
         searched = ", ".join(str(d) for d in dirs)
         raise NoResultsError(f"no readable result.json under {searched}", loaded.errors)
+    ok = ok_jobs(loaded.table)
+    stats = _statistics(ok, reference, bootstrap)
     out = Path(out) if out is not None else default_out(dirs)
     out.mkdir(parents=True, exist_ok=True)
-    parquet, csv = write_table(loaded.table, out)
-    figures = draw_figures(ok_jobs(loaded.table), out / "figures")
-    document = build_document(loaded, [str(d) for d in dirs], figures, out)
+    parquet, csv = write_table(loaded.table, out, "results")
+    comparisons = list(write_table(stats.frame(), out, "comparisons")) if stats else []
+    samples = write_report_samples(ok, out)
+    figures = draw_figures(ok, stats, out / "figures")
+    document = build_document(loaded, [str(d) for d in dirs], stats, figures, out)
     markdown, html = out / "report.md", out / "report.html"
     markdown.write_text(render_markdown(document), encoding="utf-8")
     html.write_text(render_html(document, out), encoding="utf-8")
-    return ReportPaths(out, parquet, csv, markdown, html, [f.png for f in figures], loaded.errors)
+    figure_paths = [f.png for f in figures]
+    return ReportPaths(out, parquet, csv, comparisons, samples, markdown, html, figure_paths, loaded.errors)
 
 
 EXIT_NO_RESULTS = 2
@@ -201,17 +231,22 @@ _EPILOG = """\
 outputs (in OUT):
   results.parquet, results.csv  one row per job (failed ones too), flattened config and metrics
                                 with dotted column names (config.quant.storage, eval.<task>.acc, ...)
-  report.md                     results table (mean ± std over seeds, best value bold), failed jobs,
-                                environment, caveats, sources
+  comparisons.parquet, .csv     one row per (task, metric, config, reference): n, value,
+                                reference_value, delta, ci_low, ci_high, p_value, mde, significant
+                                (paired over documents, seeds or training steps)
+  samples.parquet               the jobs' per-sample results in one file (job_dir column)
+  report.md                     results table (mean [95 % CI]; bold only when significantly better than
+                                every other row), findings in words, failed jobs, environment, caveats
   report.html                   the same with the figures embedded; one file that opens offline
   figures/*.png, figures/*.svg  only the figures the results support (e.g. block size only when it varies)
 
 exit status:
   0  report written (unreadable result.json files are skipped and named on stderr)
-  2  no readable result.json under any DIR, or bad arguments
+  2  no readable result.json under any DIR, a --reference that picks no row or several, or bad arguments
 
-example:
-  qlora-report outputs/multirun/storage_sweep -o reports/storage
+examples:
+  qlora-report runs/datatypes -o reports/datatypes
+  qlora-report runs/datatypes -o reports/datatypes --reference "quant.storage=nf4 quant.double_quant=true"
 """
 
 
@@ -233,6 +268,27 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder to write the report into (default: the first DIR)",
     )
+    parser.add_argument(
+        "--reference",
+        metavar="SELECTOR",
+        default=None,
+        help="the row every other is compared with, as key=value pairs ('quant.storage=bf16'); "
+        "default: the 16-bit row if there is one, else the first row",
+    )
+    parser.add_argument(
+        "--bootstrap-resamples",
+        type=int,
+        default=DEFAULT_BOOTSTRAP.resamples,
+        metavar="N",
+        help=f"bootstrap resamples per comparison (default {DEFAULT_BOOTSTRAP.resamples})",
+    )
+    parser.add_argument(
+        "--bootstrap-seed",
+        type=int,
+        default=DEFAULT_BOOTSTRAP.seed,
+        metavar="S",
+        help=f"bootstrap seed (default {DEFAULT_BOOTSTRAP.seed})",
+    )
     return parser
 
 
@@ -243,15 +299,26 @@ def _warn_skipped(messages: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``qlora-report``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
-        paths = build_report(args.dirs, args.out)
+        bootstrap = Bootstrap(resamples=args.bootstrap_resamples, seed=args.bootstrap_seed)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        paths = build_report(args.dirs, args.out, args.reference, bootstrap)
     except NoResultsError as exc:
         _warn_skipped(exc.skipped)
         print(f"qlora-report: {exc}", file=sys.stderr)
         return EXIT_NO_RESULTS
+    except SelectorError as exc:
+        print(f"qlora-report: {exc}", file=sys.stderr)
+        return EXIT_NO_RESULTS
     _warn_skipped(paths.skipped)
-    print(f"qlora-report: wrote {paths.markdown}, {paths.html}, {paths.parquet}, {paths.csv}")
+    written = [paths.markdown, paths.html, paths.parquet, paths.csv, *paths.comparisons]
+    print(f"qlora-report: wrote {', '.join(str(p) for p in written)}")
+    if paths.samples is not None:
+        print(f"qlora-report: per-sample results of every job in {paths.samples}")
     print(f"qlora-report: {len(paths.figures)} figures in {paths.out / 'figures'}")
     return 0
 

@@ -96,15 +96,15 @@ def _as_json(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
-def write_table(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
-    """Write ``results.parquet`` and ``results.csv`` into ``out``; columns parquet cannot type become JSON."""
+def write_table(table: pd.DataFrame, out: Path, name: str) -> tuple[Path, Path]:
+    """Write ``<name>.parquet`` and ``<name>.csv`` into ``out``; columns parquet cannot type become JSON."""
     fixed = {
         name: table[name].map(_as_json)
         for name in table.columns
         if table[name].dtype == object and not _arrow_ready(table[name])
     }
     ready = table.assign(**fixed)
-    parquet, csv = out / "results.parquet", out / "results.csv"
+    parquet, csv = out / f"{name}.parquet", out / f"{name}.csv"
     ready.to_parquet(parquet, index=False)
     ready.to_csv(csv, index=False)
     return parquet, csv

@@ -1,7 +1,10 @@
-"""The numbers a report shows per job (the main metric of each task, the resource costs) and how values print.
+"""What a report's rows and columns are, and how values print.
 
-Each number gets a header that carries its unit and which direction is better, so tables and figure axes
-say what they show without per-sweep code.
+Rows are configurations: the config keys that differ between finished jobs, detected from the results, so
+any sweep gets a sensible table without per-sweep code; a setting that does not apply to a row's storage
+type (block size and double quantization of a 16-bit row) reads ``n/a``. Columns are numbers per job (the
+main metric of each task, the resource costs), each with a header that carries its unit and which
+direction is better, so tables and figure axes say what they show.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.quant.registry import STORAGE_SPECS
+from harness.result import MACHINE_LOCAL_KEYS
+
 HIGHER, LOWER, UNRANKED = 1, -1, 0
 
 # The paper reports acc_norm where a task has it; perplexity tasks report word perplexity.
@@ -21,6 +27,23 @@ _PREFERRED = ("acc_norm", "acc", "exact_match", "word_perplexity", "bits_per_byt
 _PERCENT = frozenset({"acc", "acc_norm", "exact_match", "f1", "mc1", "mc2"})
 _LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "error")
 _MIB = 2**20
+
+# Config keys that differ between jobs without being what a sweep compares (any key named ``seed`` too):
+# the keys job identity leaves out (machine-local paths, fault injection).
+_NOT_VARIATIONS = frozenset(f"config.{key}" for key in MACHINE_LOCAL_KEYS)
+_CONFIG_UNITS = {
+    "quant.blocksize": "weights/scale",
+    "lora.r": "rank",
+    "lora.alpha": "scale",
+    "train.steps": "steps",
+    "train.seq_len": "tokens",
+    "train.batch_size": "sequences",
+}
+_DEFAULT_KEY = "config.model.name_or_path"
+STORAGE = "config.quant.storage"
+WEIGHT_ERROR = "quant.weight_error.rel_rms"  # relative RMS error of the stored weights
+BLOCKWISE_SETTINGS = ("config.quant.blocksize", "config.quant.double_quant")
+NOT_APPLICABLE = "n/a"
 
 
 def label(value: Any) -> Any:
@@ -39,14 +62,84 @@ def show(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
+def _applicable(table: pd.DataFrame, column: str) -> pd.Series:
+    """Whether ``column`` applies to each job: block size and double quant only to blockwise (4-bit) types."""
+    if column not in BLOCKWISE_SETTINGS or STORAGE not in table:
+        return pd.Series(True, index=table.index)
+    return table[STORAGE].map(lambda s: s not in STORAGE_SPECS or STORAGE_SPECS[s].blockwise)
+
+
+def config_labels(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Config columns as groupable labels; settings that do not apply to a job read ``n/a``."""
+    labels = table.reindex(columns=columns).map(label)
+    for column in columns:
+        labels[column] = labels[column].where(_applicable(table, column), NOT_APPLICABLE)
+    return labels
+
+
+def varied_columns(ok: pd.DataFrame) -> list[str]:
+    """Config columns whose (applicable) value differs between finished jobs, leaving out seeds and paths."""
+    candidates = [
+        c
+        for c in ok.columns
+        if c.startswith("config.") and c not in _NOT_VARIATIONS and c.rsplit(".", 1)[-1] != "seed"
+    ]
+    labels = config_labels(ok, candidates)
+    return [c for c in candidates if labels[c].nunique(dropna=False) > 1]
+
+
+def row_keys(ok: pd.DataFrame) -> list[str]:
+    """The varied config columns, or the model name when every job ran the same configuration."""
+    return varied_columns(ok) or [_DEFAULT_KEY]
+
+
+def key_header(column: str) -> str:
+    """``config.quant.blocksize`` → ``quant.blocksize (weights/scale)``."""
+    short = column.removeprefix("config.")
+    unit = _CONFIG_UNITS.get(short)
+    return f"{short} ({unit})" if unit else short
+
+
+def variant_name(values: tuple[Any, ...] | list[Any]) -> str:
+    """One readable name per row from its key values (``nf4 · 64 · 16``); ``n/a`` settings are left out."""
+    return " · ".join(show(v) for v in values if v != NOT_APPLICABLE) or "—"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration: its key values (labels), readable name and its jobs (index into ``ok``)."""
+
+    values: tuple[Any, ...]
+    name: str
+    jobs: list[int]
+
+
+def configurations(ok: pd.DataFrame, keys: list[str]) -> list[Row]:
+    """Finished jobs grouped by the row keys, in sorted key order."""
+    grouped = config_labels(ok, keys).groupby(keys, dropna=False, sort=True)
+    return [Row(values, variant_name(values), list(part.index)) for values, part in grouped]
+
+
 @dataclass(frozen=True)
 class Metric:
-    """One reported number: its column header (unit and direction included) and how to rank and print it."""
+    """One reported number: its column header (unit and direction included) and how to rank and print it.
+
+    ``source`` is the results-table column it is read from (``eval.arc_easy.acc_norm``) and ``scale`` the
+    factor to its display unit (100 for accuracies shown in %); ``unit`` names a difference of it in words.
+    """
 
     header: str
-    role: str  # score | delta | bits | memory | throughput | loss_start | loss_end
+    role: str  # score | delta | bits | weight_error | memory | throughput | loss_start | loss_end
     direction: int
     digits: int
+    source: str
+    scale: float = 1.0
+    unit: str = ""
+
+    @property
+    def name(self) -> str:
+        """The header without unit and arrow: ``arc_easy acc_norm``."""
+        return self.header.split(" (")[0]
 
 
 def tasks(table: pd.DataFrame) -> list[str]:
@@ -115,28 +208,33 @@ def _task_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | Non
         score, delta = _numeric(table, f"eval.{task}.{metric}"), _delta(table, task, metric)
         unit = _task_unit(table, task, metric)
         delta_unit = "pp" if percent else unit.split(",")[0]
+        words = "points" if percent else ""
+        header = f"{task} {metric} ({unit}){_arrow(sign)}"
         yield (
-            Metric(f"{task} {metric} ({unit}){_arrow(sign)}", "score", sign, digits),
+            Metric(header, "score", sign, digits, f"eval.{task}.{metric}", scale, words),
             None if score is None else score * scale,
         )
+        header = f"Δ {task} {metric} ({delta_unit}, after−before){_arrow(sign)}"
         yield (
-            Metric(f"Δ {task} {metric} ({delta_unit}, after−before){_arrow(sign)}", "delta", sign, digits),
+            Metric(header, "delta", sign, digits, f"eval_delta.{task}.{metric}", scale, words),
             None if delta is None else delta * scale,
         )
 
 
 def _resource_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | None]]:
-    """Storage cost, memory, speed and the loss at the first and last step."""
-    memory = _numeric(table, "train.peak_memory_bytes")
+    """Storage cost and its weight error, memory, speed and the loss at the first and last step."""
     kind = "/".join(_unique(table, "train.peak_memory_kind")) or "kind unknown"
-    yield Metric("bits/param (bits) ↓", "bits", LOWER, 3), _numeric(table, "quant.bits_per_param")
-    yield (
-        Metric(f"peak memory (MiB, {kind}) ↓", "memory", LOWER, 1),
-        None if memory is None else memory / _MIB,
-    )
-    yield Metric("throughput (tokens/s) ↑", "throughput", HIGHER, 1), _numeric(table, "train.tokens_per_s")
-    yield Metric("loss start (nats)", "loss_start", UNRANKED, 3), _numeric(table, "train.loss_start")
-    yield Metric("loss end (nats) ↓", "loss_end", LOWER, 3), _numeric(table, "train.loss_end")
+    resources = [
+        Metric("bits/param (bits) ↓", "bits", LOWER, 3, "quant.bits_per_param"),
+        Metric("weight error (rel. RMS) ↓", "weight_error", LOWER, 4, WEIGHT_ERROR),
+        Metric(f"peak memory (MiB, {kind}) ↓", "memory", LOWER, 1, "train.peak_memory_bytes", 1 / _MIB),
+        Metric("throughput (tokens/s) ↑", "throughput", HIGHER, 1, "train.tokens_per_s"),
+        Metric("loss start (nats)", "loss_start", UNRANKED, 3, "train.loss_start"),
+        Metric("loss end (nats) ↓", "loss_end", LOWER, 3, "train.loss_end"),
+    ]
+    for metric in resources:
+        values = _numeric(table, metric.source)
+        yield metric, None if values is None else values * metric.scale
 
 
 def metric_frame(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[Metric]]:

@@ -1,7 +1,7 @@
-"""Paper-style results table: one row per configuration the sweep varied, mean ± std over seeds.
+"""What the results say: the table (each value with its 95 % interval) and the findings in words.
 
-The row keys are detected from the config columns that differ between finished jobs, so any sweep gets a
-sensible table without per-sweep code.
+A value is bold only when it is significantly better than every other row (paired comparisons of
+:mod:`harness.report.comparisons`, p < 0.05); a difference that noise could explain is never highlighted.
 """
 
 from __future__ import annotations
@@ -11,116 +11,120 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.metrics import HIGHER, LOWER, Metric, label, metric_frame, show
-from harness.report.render import Cell, Table
+from harness.report.comparisons import LOSS, Comparison, Statistics
+from harness.report.metrics import HIGHER, LOWER, Metric, Row, key_header, metric_frame, show
+from harness.report.render import Bullets, Cell, Paragraph, Table
 
-# Config keys that differ between jobs without being what a sweep compares (any key named ``seed`` too).
-_NOT_VARIATIONS = frozenset(
-    {
-        "config.output_dir",
-        "config.fault",
-        "config.data.data_dir",
-        "config.model.cache_dir",
-        "config.eval.include_path",
-    }
-)
-_CONFIG_UNITS = {
-    "quant.blocksize": "weights/scale",
-    "lora.r": "rank",
-    "lora.alpha": "scale",
-    "train.steps": "steps",
-    "train.seq_len": "tokens",
-    "train.batch_size": "sequences",
+_INTERVALS = {
+    "seeds": "t-interval over the row's seeds",
+    "documents": "bootstrap over the job's documents",
+    "stderr": "lm-eval's stderr × 1.96 (no per-sample results)",
 }
-_DEFAULT_KEY = "config.model.name_or_path"
 
 
 @dataclass(frozen=True)
 class Summary:
-    """The results table and, per row, the job directories its numbers come from."""
+    """The results table, what its intervals and bold mean, and per row the job directories it comes from."""
 
     table: Table
+    legend: str
     sources: list[str]
-    keys: list[str]
 
 
-def varied_columns(ok: pd.DataFrame) -> list[str]:
-    """Config columns whose value differs between finished jobs, leaving out seeds and paths."""
-    candidates = [
-        c
-        for c in ok.columns
-        if c.startswith("config.") and c not in _NOT_VARIATIONS and c.rsplit(".", 1)[-1] != "seed"
-    ]
-    return [c for c in candidates if ok[c].map(label).nunique(dropna=False) > 1]
-
-
-def row_keys(ok: pd.DataFrame) -> list[str]:
-    """The varied config columns, or the model name when every job ran the same configuration."""
-    return varied_columns(ok) or [_DEFAULT_KEY]
-
-
-def key_header(column: str) -> str:
-    """``config.quant.blocksize`` → ``quant.blocksize (weights/scale)``."""
-    short = column.removeprefix("config.")
-    unit = _CONFIG_UNITS.get(short)
-    return f"{short} ({unit})" if unit else short
-
-
-def key_frame(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The row-key columns of ``table`` as groupable labels (missing columns read as missing values)."""
-    return table.reindex(columns=keys).map(label)
-
-
-def variant_labels(keys: pd.DataFrame) -> pd.Series:
-    """One readable name per row from its key values (``nf4 · 64 · 16``), for sources and legends."""
-    return keys.apply(lambda row: " · ".join(show(v) for v in row), axis=1).astype(str)
-
-
-def _format(mean: float, std: float, digits: int) -> str:
-    if math.isnan(mean):
+def _format(value: float, low: float | None, high: float | None, digits: int) -> str:
+    if math.isnan(value):
         return "—"
-    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if low is None or high is None or math.isnan(low) or math.isnan(high) or low == high:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _best_rows(means: pd.Series, metric: Metric) -> set[int]:
-    """Rows holding the best mean as printed (ties share it); none when the rows do not differ."""
-    shown = means.round(metric.digits).dropna()
-    if metric.direction not in (HIGHER, LOWER) or shown.nunique() < 2:
-        return set()
-    best = shown.max() if metric.direction == HIGHER else shown.min()
-    return set(shown.index[shown == best])
-
-
-def _metric_cells(means: pd.DataFrame, stds: pd.DataFrame, metrics: list[Metric]) -> list[list[Cell]]:
-    """Per row, ``mean ± std`` of every metric, the best of each column marked."""
-    best = {m.header: _best_rows(means[m.header], m) for m in metrics}
-    return [
-        [
-            Cell(_format(means.at[i, m.header], stds.at[i, m.header], m.digits), best=i in best[m.header])
-            for m in metrics
-        ]
-        for i in means.index
-    ]
-
-
-def summarize(ok: pd.DataFrame) -> Summary:
-    """Group finished jobs by what the sweep varied and report mean ± std (sample std, n seeds) per group."""
-    keys = row_keys(ok)
-    values, metrics = metric_frame(ok)
-    headers = [m.header for m in metrics]
-    grouped = pd.concat([key_frame(ok, keys), values, ok[["job_dir"]]], axis=1).groupby(
-        keys, dropna=False, sort=True
+def _cell(stats: Statistics, index: int, metric: Metric, mean: float, best: int | None) -> Cell:
+    interval = stats.intervals.get((index, metric.source))
+    low, high = (
+        (None, None) if interval is None else (interval.low * metric.scale, interval.high * metric.scale)
     )
-    groups = grouped.size().reset_index(name="n")
-    means = grouped[headers].mean().reset_index(drop=True)
-    stds = grouped[headers].std().reset_index(drop=True)
-    rows = [
-        [*(Cell(show(groups.at[i, k])) for k in keys), Cell(str(groups.at[i, "n"])), *cells]
-        for i, cells in enumerate(_metric_cells(means, stds, metrics))
+    return Cell(_format(mean, low, high, metric.digits), best=best == index)
+
+
+def _legend(stats: Statistics, metrics: list[Metric], bold: int) -> str:
+    methods = sorted({i.method for i in stats.intervals.values()})
+    intervals = "; ".join(_INTERVALS[m] for m in methods) or "none could be computed"
+    test = f"paired comparisons, p < {stats.bootstrap.alpha:g}"
+    highlight = (
+        f"Bold: significantly better than every other row ({test}); {bold} column(s) have such a row."
+        if bold
+        else f"No value is bold: no row is significantly better than every other row in any column ({test})."
+    )
+    return (
+        "Rows are the configurations the jobs differ in; n/a marks a setting that does not apply to the "
+        "row's storage type. Each cell is the mean over the row's seeds with its "
+        f"{stats.bootstrap.confidence:.0%} interval in brackets ({intervals}). ↑ higher is better, "
+        f"↓ lower is better. {highlight} Per-job values are in results.csv and results.parquet."
+    )
+
+
+def summarize(ok: pd.DataFrame, keys: list[str], stats: Statistics) -> Summary:
+    """One row per configuration: key values, number of seeds, then every metric with its interval."""
+    values, metrics = metric_frame(ok)
+    best = {m.source: stats.best(m.source, m.direction) for m in metrics if m.direction in (HIGHER, LOWER)}
+    rows = []
+    for index, row in enumerate(stats.rows):
+        means = values.loc[row.jobs].mean()
+        cells = [_cell(stats, index, m, means[m.header], best.get(m.source)) for m in metrics]
+        rows.append([*(Cell(show(v)) for v in row.values), Cell(str(len(row.jobs))), *cells])
+    table = Table([*(key_header(k) for k in keys), "seeds (n)", *(m.header for m in metrics)], rows)
+    bold = sum(b is not None for b in best.values())
+    sources = [f"{row.name}: {', '.join(str(ok['job_dir'][j]) for j in row.jobs)}" for row in stats.rows]
+    return Summary(table, _legend(stats, metrics, bold), sources)
+
+
+def _p(p_value: float) -> str:
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+
+
+def _signed(value: float, digits: int) -> str:
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def _finding(comparison: Comparison, rows: list[Row], metric: Metric) -> str:
+    """One comparison in words, in the metric's display unit."""
+    e, scale, digits = comparison.estimate, metric.scale, metric.digits
+    unit = f" {metric.unit}" if metric.unit else ""
+    what = f"{rows[comparison.config].name} vs {rows[comparison.reference].name}, {metric.name}"
+    low, high = _signed(e.ci_low * scale, digits), _signed(e.ci_high * scale, digits)
+    delta = f"{_signed(e.delta * scale, digits)}{unit} [{low}, {high}]"
+    where = f"n={e.n} {comparison.units}" + (f"; {comparison.note}" if comparison.note else "")
+    if e.significant:
+        return f"{what}: {delta}, {_p(e.p_value)} ({where}; {e.method})."
+    mde = (
+        f"MDE {e.mde * scale:.{digits}f}{unit}" if math.isfinite(e.mde) else "MDE unknown (no pair differed)"
+    )
+    return f"{what}: no significant difference at {where} ({delta}, {_p(e.p_value)}); {mde}."
+
+
+_LOSS_METRIC = Metric("training loss per step after warm-up (nats)", "loss", LOWER, 3, LOSS, unit="nats")
+
+
+def findings(stats: Statistics, metrics: list[Metric]) -> list[Paragraph | Bullets]:
+    """Each configuration against the reference, then every other pair, on every task and training loss."""
+    shown = {m.source: m for m in metrics if m.role == "score"} | {LOSS: _LOSS_METRIC}
+    chosen = [c for c in stats.comparisons if c.source in shown]
+    if not chosen:
+        return [Paragraph("No paired comparison was possible (one configuration, or no shared seeds).")]
+    reference = stats.rows[stats.reference].name
+    against = [_finding(c, stats.rows, shown[c.source]) for c in chosen if c.reference == stats.reference]
+    others = [_finding(c, stats.rows, shown[c.source]) for c in chosen if c.reference != stats.reference]
+    boot = stats.bootstrap
+    blocks: list[Paragraph | Bullets] = [
+        Paragraph(
+            f"Differences are current − reference with {boot.confidence:.0%} CI and p-value; bootstraps use "
+            f"{boot.resamples:,} resamples, seed {boot.seed}. MDE: the smallest difference the comparison "
+            "could detect (α = 0.05, 80 % power). All comparisons are in comparisons.csv."
+        ),
+        Paragraph(f"Against the reference ({reference}):"),
+        Bullets(against),
     ]
-    dirs = grouped["job_dir"].agg(list).reset_index(drop=True)
-    sources = [
-        f"{name}: {', '.join(jobs)}" for name, jobs in zip(variant_labels(groups[keys]), dirs, strict=True)
-    ]
-    table = Table([*(key_header(k) for k in keys), "seeds (n)", *headers], rows)
-    return Summary(table, sources, keys)
+    if others:
+        blocks += [Paragraph("Other pairs:"), Bullets(others)]
+    return blocks
