@@ -212,6 +212,20 @@ def test_tolerance_file_switch_gates_throughput(baseline, tmp_path, capsys):
     assert run(capsys, baseline, current, "--tolerances", tolerances)[0] == 1
 
 
+def test_tolerance_file_overrides_only_what_it_names(baseline, tmp_path, capsys):
+    """A baseline's tolerance file holds only what differs: its rules come first, the defaults follow
+    (a perplexity regression is still gated by the default rule), and ``extends: none`` drops them."""
+    override = "rules: [{match: train.tokens_per_s, direction: higher, kind: rel, tol: 0.25}]\n"
+    tolerances = tmp_path / "tolerances.yaml"
+    tolerances.write_text(override)
+    slower = write_sweep(tmp_path / "slower", {("nf4", 1): {"train.tokens_per_s": scale(0.5)}})
+    assert run(capsys, baseline, slower, "--tolerances", tolerances)[0] == 1
+    worse = write_sweep(tmp_path / "worse", {("nf4", 1): {"eval.wikitext2_local.word_perplexity": scale(1.5)}})
+    assert run(capsys, baseline, worse, "--tolerances", tolerances)[0] == 1
+    tolerances.write_text("extends: none\n" + override)
+    assert run(capsys, baseline, worse, "--tolerances", tolerances)[0] == 0
+
+
 def test_missing_current_job_is_bad_input_naming_it(baseline, tmp_path, capsys):
     current = write_sweep(tmp_path / "current")
     (current / "int4-seed1" / "result.json").unlink()
@@ -308,7 +322,8 @@ def test_duplicate_job_is_bad_input(baseline, tmp_path):
     "content, message",
     [
         ("rules: [", "cannot be read"),
-        ("thresholds: []", "exactly one key, 'rules'"),
+        ("thresholds: []", "expected a mapping with 'rules'"),
+        ("extends: other\nrules: [{match: a, direction: lower, kind: abs, tol: 1}]", "'extends' must be"),
         ("rules: []", "non-empty list"),
         ("rules: [{match: a, direction: up, kind: abs, tol: 1}]", "'direction' must be one of"),
         ("rules: [{match: a, direction: lower, kind: rel, tol: -1}]", "'tol' must be a number >= 0"),

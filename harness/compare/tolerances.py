@@ -70,20 +70,40 @@ class Tolerances:
 
 
 def load_tolerances(path: str | os.PathLike = DEFAULT_TOLERANCES) -> Tolerances:
-    """Read and validate a tolerance file; any problem raises :class:`CompareInputError` naming it."""
+    """Read and validate a tolerance file; any problem raises :class:`CompareInputError` naming it.
+
+    A file other than the default overrides it: its rules come first (the first match wins) and the
+    default rules follow, unless it says ``extends: none``. So a baseline's file holds only what differs.
+    """
     path = Path(path)
+    data = _read(path)
+    own = _rules(data, path)
+    extends = data.get("extends", "none" if path.resolve() == DEFAULT_TOLERANCES else "default")
+    if extends not in ("default", "none"):
+        raise CompareInputError(
+            f"tolerance file {path}: 'extends' must be 'default' or 'none', got {extends!r}"
+        )
+    base = load_tolerances().rules if extends == "default" else ()
+    return Tolerances(own + base)
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise CompareInputError(f"tolerance file {path}: cannot be read ({exc})") from exc
-    if not isinstance(data, dict) or set(data) != {"rules"}:
-        raise CompareInputError(f"tolerance file {path}: expected a mapping with exactly one key, 'rules'")
+    if not isinstance(data, dict) or "rules" not in data or not set(data) <= {"rules", "extends"}:
+        raise CompareInputError(
+            f"tolerance file {path}: expected a mapping with 'rules' (and optional 'extends')"
+        )
+    return data
+
+
+def _rules(data: dict[str, Any], path: Path) -> tuple[Rule, ...]:
     raw_rules = data["rules"]
     if not isinstance(raw_rules, list) or not raw_rules:
         raise CompareInputError(f"tolerance file {path}: 'rules' must be a non-empty list")
-    return Tolerances(
-        tuple(_parse_rule(raw, f"tolerance file {path}: rule {i + 1}") for i, raw in enumerate(raw_rules))
-    )
+    return tuple(_parse_rule(raw, f"tolerance file {path}: rule {i + 1}") for i, raw in enumerate(raw_rules))
 
 
 def _parse_rule(raw: Any, where: str) -> Rule:

@@ -21,7 +21,6 @@ from harness.sweep.isolate import Outcome
 
 RUN_ID_ENV = "QLORA_SWEEP_RUN_ID"
 OUTCOMES_FILE = "outcomes.jsonl"
-LAST_SUMMARY: dict[str, Any] = {}
 
 
 def record_outcome(sweep_dir: Path, outcome: Outcome) -> None:
@@ -53,7 +52,7 @@ def format_summary(outcomes: list[Outcome]) -> str:
 
 
 class SweepSummary(Callback):
-    """Tags a multirun with an id, then prints its summary and remembers whether any job failed."""
+    """Tags a multirun with an id, then prints its summary; a sweep with a failed job exits 1."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ[RUN_ID_ENV] = uuid.uuid4().hex
@@ -64,7 +63,5 @@ class SweepSummary(Callback):
         text = format_summary(outcomes)
         print(text, flush=True)
         (sweep_dir / "summary.txt").write_text(text + "\n")
-        LAST_SUMMARY.clear()
-        LAST_SUMMARY.update(
-            sweep_dir=str(sweep_dir), failed=sum(o.status == "failed" for o in outcomes), jobs=len(outcomes)
-        )
+        if any(o.status == "failed" for o in outcomes):
+            raise SystemExit(1)
