@@ -85,7 +85,7 @@ def varied_columns(ok: pd.DataFrame) -> list[str]:
         if c.startswith("config.") and c not in _NOT_VARIATIONS and c.rsplit(".", 1)[-1] != "seed"
     ]
     labels = config_labels(ok, candidates)
-    return [c for c in candidates if labels[c].nunique(dropna=False) > 1]
+    return [c for c in candidates if labels[c][labels[c] != NOT_APPLICABLE].nunique(dropna=False) > 1]
 
 
 def row_keys(ok: pd.DataFrame) -> list[str]:
@@ -100,9 +100,19 @@ def key_header(column: str) -> str:
     return f"{short} ({unit})" if unit else short
 
 
-def variant_name(values: tuple[Any, ...] | list[Any]) -> str:
-    """One readable name per row from its key values (``nf4 · 64 · 16``); ``n/a`` settings are left out."""
-    return " · ".join(show(v) for v in values if v != NOT_APPLICABLE) or "—"
+def variant_name(keys: list[str], values: tuple[Any, ...]) -> str:
+    """One readable name per row from its key values: ``nf4 + double_quant · 64``.
+
+    A true switch reads ``+ <name>`` and a false one is left out, like the paper's "NF4 + DQ"; settings that
+    do not apply (``n/a``) are left out too.
+    """
+    name = ""
+    for key, value in zip(keys, values, strict=True):
+        if pd.api.types.is_bool(value) and value:
+            name += f" + {key.rsplit('.', 1)[-1]}"
+        elif not pd.api.types.is_bool(value) and value != NOT_APPLICABLE:
+            name += f" · {show(value)}"
+    return name.removeprefix(" · ").strip() or "default"
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,7 @@ class Row:
 def configurations(ok: pd.DataFrame, keys: list[str]) -> list[Row]:
     """Finished jobs grouped by the row keys, in sorted key order."""
     grouped = config_labels(ok, keys).groupby(keys, dropna=False, sort=True)
-    return [Row(values, variant_name(values), list(part.index)) for values, part in grouped]
+    return [Row(values, variant_name(keys, values), list(part.index)) for values, part in grouped]
 
 
 @dataclass(frozen=True)
