@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from harness.quant.registry import FLOAT_DTYPES, STORAGE_TYPES, validate_quant_args
+from harness.quant.registry import FLOAT_DTYPES, STORAGE_TYPES, USER_CODEBOOK, validate_quant_args
 
 
 class ConfigError(ValueError):
@@ -96,9 +96,12 @@ class QuantConfig:
     skip_modules: list[str] = _help(
         "linear layers kept unquantized, in compute dtype", factory=lambda: ["lm_head"]
     )
+    codebook: list[float] | None = _help(
+        "storage=codebook only: its 16 levels, strictly increasing in [-1, 1], one of them exactly 0", None
+    )
 
     def __post_init__(self) -> None:
-        validate_quant_args(str(self.storage), self.blocksize, self.double_quant)
+        validate_quant_args(str(self.storage), self.blocksize, self.double_quant, codebook=self.codebook)
 
 
 @dataclass
@@ -242,7 +245,8 @@ class JobConfig:
 
     def check_device(self, device: torch.device) -> None:
         """The checks that need the device: storage kernels and paged optimizers."""
-        validate_quant_args(str(self.quant.storage), self.quant.blocksize, self.quant.double_quant, device)
+        quant = self.quant
+        validate_quant_args(str(quant.storage), quant.blocksize, quant.double_quant, device, quant.codebook)
         if str(self.train.optimizer).startswith("paged_") and device.type != "cuda":
             raise ConfigError(
                 f"train.optimizer={self.train.optimizer} pages optimizer state through CUDA unified memory "
@@ -284,6 +288,32 @@ def validate_config(cfg: DictConfig | dict) -> JobConfig:
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 
+def group_options() -> dict[str, dict[str, Any]]:
+    """Config-group options defined by their dataclass, as optimum-benchmark registers its backends: one
+    ``quant=<type>`` per storage type in the registry (NF4 with double quantization, the paper's QLoRA
+    setting; ``nf4-nodq`` without), the paper's LoRA, the two training presets and the data sets. Groups
+    that are lists of names (``eval``) and the test preset ``train=smoke`` are YAML files in ``conf/``."""
+    quant = {
+        name: QuantConfig(storage=Storage(name), double_quant=name == "nf4")
+        for name in STORAGE_TYPES
+        if name != USER_CODEBOOK  # needs its levels: quant.storage=codebook quant.codebook=[...]
+    }
+    return {
+        "quant": {**quant, "nf4-nodq": QuantConfig(storage=Storage.nf4, double_quant=False)},
+        "lora": {"paper": LoraConfig()},
+        "train": {
+            "cpu": TrainConfig(),  # sized for 2 CPU cores: 30 steps of 4 x <=256 tokens
+            "gpu": TrainConfig(steps=200, grad_accum=4, seq_len=512, optimizer=Optimizer.paged_adamw_32bit),
+        },
+        "model": {"smollm2-135m": ModelConfig(), "tiny": ModelConfig(name_or_path="tiny")},
+        "data": {"synthetic": DataConfig(), "alpaca": DataConfig(source="instruct/alpaca_5000.json")},
+    }
+
+
 def register_configs() -> None:
-    """Register the schema that ``conf/config.yaml`` builds on, so Hydra validates every group against it."""
-    ConfigStore.instance().store(name="job_schema", node=JobConfig)
+    """Register the schema that ``conf/config.yaml`` builds on, and the dataclass-defined group options."""
+    store = ConfigStore.instance()
+    store.store(name="job_schema", node=JobConfig)
+    for group, options in group_options().items():
+        for name, node in options.items():
+            store.store(group=group, name=name, node=node)

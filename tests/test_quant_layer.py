@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from harness.quant import FOUR_BIT_TYPES, QuantLinear, frozen_linear, quantize, storage_bytes
+from harness.quant.codebook import normal_float_levels
 
 
 def make_linear(in_features: int = 100, out_features: int = 40, seed: int = 0) -> nn.Linear:
@@ -22,7 +23,8 @@ def test_forward_and_input_gradient_match_dequantized_weight(storage: str, doubl
     """forward = x @ W.T + b and backward = grad @ W for W = dequantize(); nothing in the layer gets a
     gradient; extra positional/keyword arguments (as wrappers pass them) are ignored."""
     linear = make_linear()
-    layer = QuantLinear.from_linear(linear, storage, 64, double_quant, torch.float32)
+    codebook = normal_float_levels(4).tolist()  # used by storage "codebook" only
+    layer = QuantLinear.from_linear(linear, storage, 64, double_quant, torch.float32, codebook)
     weight = layer.qweight.dequantize(torch.float32)
     x = torch.randn(2, 5, 100, requires_grad=True)
     y = layer(x, "ignored", scale=2.0)

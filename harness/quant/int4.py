@@ -31,18 +31,30 @@ def to_blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
     return (F.pad(flat, (0, pad)) if pad else flat).view(-1, blocksize)
 
 
-def quantize_symmetric_blockwise(
-    flat: torch.Tensor, blocksize: int, qmax: int
+def absmax_scaled_blocks(
+    flat: torch.Tensor, blocksize: int, qmax: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absmax quantization per block to int8 codes in -qmax..qmax; returns (codes (blocks, bs), absmax fp32).
+    """Blocks of `flat` (blocks, bs) in fp32 scaled by qmax / absmax per block, and the fp32 absmax.
 
-    An all-zero block gets absmax 0 and codes 0, so it dequantizes to exact zeros.
+    An all-zero block gets absmax 0 and scaled values 0, so it dequantizes to exact zeros. With qmax 1
+    this is bitsandbytes' own arithmetic (x * (1 / absmax)), which codebook types rely on to match it.
     """
     blocks = to_blocks(flat.float(), blocksize)
     low, high = torch.aminmax(blocks, dim=1)  # one pass, no |x| copy of the weight
     absmax = torch.maximum(-low, high)
     inv_scale = torch.where(absmax > 0, qmax / absmax, 0.0)
-    return (blocks * inv_scale[:, None]).round_().to(torch.int8), absmax
+    return blocks * inv_scale[:, None], absmax
+
+
+def quantize_symmetric_blockwise(
+    flat: torch.Tensor, blocksize: int, qmax: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmax quantization per block to int8 codes in -qmax..qmax; returns (codes (blocks, bs), fp32 absmax).
+
+    An all-zero block gets codes 0 (see absmax_scaled_blocks).
+    """
+    scaled, absmax = absmax_scaled_blocks(flat, blocksize, qmax)
+    return scaled.round_().to(torch.int8), absmax
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -96,18 +108,28 @@ def dequantize_absmax(
     return scaled.view(-1)[: codes.numel()] + offset
 
 
+def encode_absmax(absmax: torch.Tensor, double_quant: bool) -> dict[str, torch.Tensor]:
+    """The stored constants by role: fp32 absmax, or with double quantization int8 absmax, absmax2, offset."""
+    if not double_quant:
+        return {"absmax": absmax}
+    qabsmax, absmax2, offset = double_quantize_absmax(absmax)
+    return {"absmax": qabsmax, "absmax2": absmax2, "offset": offset}
+
+
+def decode_absmax(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The fp32 first-level constants back from encode_absmax's tensors."""
+    if "absmax2" not in tensors:
+        return tensors["absmax"]
+    return dequantize_absmax(tensors["absmax"], tensors["absmax2"], tensors["offset"])
+
+
 def encode_int4(weight: torch.Tensor, blocksize: int, double_quant: bool) -> dict[str, torch.Tensor]:
     """The tensors an int4 weight is stored as, keyed by their role (see QuantizedWeight)."""
     codes, absmax = quantize_int4_blockwise(weight.reshape(-1), blocksize)
-    if not double_quant:
-        return {"codes": codes, "absmax": absmax}
-    qabsmax, absmax2, offset = double_quantize_absmax(absmax)
-    return {"codes": codes, "absmax": qabsmax, "absmax2": absmax2, "offset": offset}
+    return {"codes": codes, **encode_absmax(absmax, double_quant)}
 
 
 def decode_int4(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """Dequantized weight in its original shape; the block size is implied by the packed codes' shape."""
-    absmax = tensors["absmax"]
-    if "absmax2" in tensors:
-        absmax = dequantize_absmax(absmax, tensors["absmax2"], tensors["offset"])
+    absmax = decode_absmax(tensors)
     return dequantize_int4_blockwise(tensors["codes"], absmax, shape.numel(), dtype).view(shape)

@@ -44,7 +44,16 @@ def linear8bit(linear: nn.Linear, compute_dtype: torch.dtype) -> bnb.nn.Linear8b
     return layer
 
 
+def _row_scales(layer: bnb.nn.Linear8bitLt) -> torch.Tensor:
+    """The fp32 row scales, which bnb moves from the weight to the layer state on first use."""
+    return layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
+
+
 def linear8bit_bytes(layer: bnb.nn.Linear8bitLt) -> int:
-    """Weight bytes incl. the row scales, which bnb moves from the weight to the layer state on first use."""
-    scales = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
-    return layer.weight.nbytes + scales.nbytes
+    """Weight bytes incl. the row scales."""
+    return layer.weight.nbytes + _row_scales(layer).nbytes
+
+
+def linear8bit_weight(layer: bnb.nn.Linear8bitLt) -> torch.Tensor:
+    """The weight the layer stores (int8 codes times row scales), dequantized to fp32."""
+    return bnbf.int8_vectorwise_dequant(layer.weight.data, _row_scales(layer)).float()

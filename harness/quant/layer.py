@@ -6,6 +6,7 @@ for backward, so neither the module nor the autograd graph holds a full-precisio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import bitsandbytes as bnb
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.quant.int8 import linear8bit, linear8bit_bytes
+from harness.quant.int8 import linear8bit, linear8bit_bytes, linear8bit_weight
 from harness.quant.registry import FLOAT_DTYPES, validate_quant_args
 from harness.quant.weight import QuantizedWeight, quantize
 
@@ -75,9 +76,10 @@ class QuantLinear(nn.Module):
         blocksize: int = 64,
         double_quant: bool = True,
         compute_dtype: torch.dtype | None = None,
+        codebook: Sequence[float] | None = None,
     ) -> QuantLinear:
         """Quantize `linear`'s weight on its device; compute dtype defaults to the weight's dtype."""
-        qweight = quantize(linear.weight, storage, blocksize, double_quant)
+        qweight = quantize(linear.weight, storage, blocksize, double_quant, codebook)
         return cls(qweight, linear.bias, compute_dtype or linear.weight.dtype)
 
     @property
@@ -124,19 +126,43 @@ def frozen_linear(
     blocksize: int = 64,
     double_quant: bool = True,
     compute_dtype: torch.dtype | None = None,
+    codebook: Sequence[float] | None = None,
 ) -> nn.Module:
     """The frozen replacement for `linear` in `storage`, on the linear's device: QuantLinear for the 4-bit
     types, bitsandbytes' Linear8bitLt for int8, and for the bf16/fp16/fp32 references a frozen nn.Linear
     in that dtype (a QuantLinear over the cast weight when the compute dtype differs).
 
-    compute_dtype None means the weight's dtype (the storage dtype for the float references).
+    compute_dtype None means the weight's dtype (the storage dtype for the float references); `codebook`
+    holds the 16 levels of storage ``codebook`` and is ignored by the other types.
     """
-    validate_quant_args(storage, blocksize, double_quant, linear.weight.device)
+    validate_quant_args(storage, blocksize, double_quant, linear.weight.device, codebook)
     if storage in FLOAT_DTYPES:
         return _float_reference(linear, storage, compute_dtype)
     if storage == "int8":
         return linear8bit(linear, compute_dtype or linear.weight.dtype)
-    return QuantLinear.from_linear(linear, storage, blocksize, double_quant, compute_dtype)
+    return QuantLinear.from_linear(linear, storage, blocksize, double_quant, compute_dtype, codebook)
+
+
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a frozen layer computes with, in fp32: a transient copy of this one layer."""
+    if isinstance(module, QuantLinear):
+        return module.qweight.dequantize(torch.float32)
+    if isinstance(module, bnb.nn.Linear8bitLt):
+        return linear8bit_weight(module)
+    if isinstance(module, nn.Linear):
+        return module.weight.float()
+    raise TypeError(
+        f"stored_weight takes QuantLinear, Linear8bitLt or nn.Linear, not {type(module).__name__}"
+    )
+
+
+def reconstruction_error(weight: torch.Tensor, module: nn.Module) -> tuple[float, float]:
+    """(sum of squared errors, sum of squares) of a frozen layer's stored weight against `weight`, the
+    weight it was built from, both accumulated in fp64 so that sums over a model are exact enough to gate.
+    """
+    reference = weight.detach().float()
+    error = stored_weight(module) - reference
+    return error.square().sum(dtype=torch.float64).item(), reference.square().sum(dtype=torch.float64).item()
 
 
 def storage_bytes(module: nn.Module) -> tuple[int, int]:

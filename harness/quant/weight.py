@@ -6,20 +6,27 @@ the device actually holds, padding and constants included.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 
 from harness.quant.bnb4 import decode_bnb4, encode_bnb4
+from harness.quant.codebook import codebook_levels, decode_codebook, encode_codebook
 from harness.quant.int4 import decode_int4, encode_int4
 from harness.quant.int8 import decode_int8, encode_int8
-from harness.quant.registry import FLOAT_DTYPES, validate_quant_args, validate_weight
+from harness.quant.registry import (
+    CODEBOOK_TYPES,
+    FLOAT_DTYPES,
+    validate_quant_args,
+    validate_weight,
+)
 
-# Report categories -> tensor roles. `codebook` sums the first-level code table and, with bitsandbytes'
-# double quantization, the 256-value dynamic map of the constants; both are counted once per weight
-# (bitsandbytes shares them between layers, so this is an upper bound of about 1 KiB per weight).
+# Report categories -> tensor roles. `codebook` sums the first-level code table (bitsandbytes' and the
+# codebook types' levels) and, with bitsandbytes' double quantization, the 256-value dynamic map of the
+# constants; both are counted once per weight (bitsandbytes shares them between layers, so this is an
+# upper bound of about 1 KiB per weight).
 BREAKDOWN: dict[str, tuple[str, ...]] = {
     "codes": ("codes",),
     "absmax": ("absmax",),
@@ -91,6 +98,10 @@ DECODERS: dict[str, Decoder] = {
     "fp4": partial(decode_bnb4, quant_type="fp4"),
     "int4": lambda tensors, shape, blocksize, dtype: decode_int4(tensors, shape, dtype),
     "int8": lambda tensors, shape, blocksize, dtype: decode_int8(tensors, shape, dtype),
+    **{
+        name: lambda tensors, shape, blocksize, dtype: decode_codebook(tensors, shape, dtype)
+        for name in CODEBOOK_TYPES
+    },
     **{name: lambda tensors, shape, blocksize, dtype: tensors["codes"].to(dtype) for name in FLOAT_DTYPES},
 }
 
@@ -104,22 +115,31 @@ ENCODERS: dict[str, Encoder] = {
 
 
 def quantize(
-    weight: torch.Tensor, storage: str = "nf4", blocksize: int = 64, double_quant: bool = True
+    weight: torch.Tensor,
+    storage: str = "nf4",
+    blocksize: int = 64,
+    double_quant: bool = True,
+    codebook: Sequence[float] | None = None,
 ) -> QuantizedWeight:
     """Store `weight` (fp32/fp16/bf16, any shape and numel) in `storage` on its own device.
 
-    Defaults are the QLoRA paper's: NF4, blocks of 64, double quantization.
+    Defaults are the QLoRA paper's: NF4, blocks of 64, double quantization. `codebook` is the 16 levels
+    of storage ``codebook`` (a user-defined type); the other types ignore it.
     """
-    spec = validate_quant_args(storage, blocksize, double_quant, weight.device)
+    spec = validate_quant_args(storage, blocksize, double_quant, weight.device, codebook)
     validate_weight(weight)
     weight = weight.detach()
     if not spec.blockwise:
         blocksize, double_quant = None, False
+    if storage in CODEBOOK_TYPES:
+        tensors = encode_codebook(weight, blocksize, double_quant, codebook_levels(storage, codebook))
+    else:
+        tensors = ENCODERS[storage](weight, blocksize, double_quant)
     return QuantizedWeight(
         storage=storage,
         shape=weight.shape,
         dtype=weight.dtype,
         blocksize=blocksize,
         double_quant=double_quant,
-        tensors=ENCODERS[storage](weight, blocksize, double_quant),
+        tensors=tensors,
     )
