@@ -150,6 +150,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
             dtype,
             device,
             list(job.quant.skip_modules),
+            job.quant.codebook,
         )
     result.quant = asdict(summary)
     _inject_fault(job.fault)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.quant import frozen_linear, storage_bytes
+from harness.quant import frozen_linear, reconstruction_error, storage_bytes, weight_error_summary
 
 
 @dataclass
@@ -25,6 +25,8 @@ class QuantizationSummary:
     bits_per_param: float
     layers: int
     skipped: list[str]
+    # harness.quant.weight_error_summary: rel_rms, max_layer_rel_rms, worst_layer (deterministic)
+    weight_error: dict[str, float | str | None]
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -54,19 +56,22 @@ def replace_linear_layers(
     compute_dtype: torch.dtype,
     device: torch.device,
     skip_modules: list[str],
+    codebook: list[float] | None = None,
 ) -> QuantizationSummary:
     """Quantize every linear layer except ``skip_modules`` in place, one layer at a time on ``device``.
 
     Layer-by-layer keeps peak memory near the quantized size instead of holding a full-precision copy
     of the whole model on the accelerator. Everything else (embeddings, norms, skipped layers) is frozen
-    and moved to ``device`` in ``compute_dtype``.
+    and moved to ``device`` in ``compute_dtype``. ``codebook``: the levels of storage ``codebook``.
     """
     targets = quantizable_layer_names(model, skip_modules)
     skipped = [n for n in linear_module_names(model) if n not in targets]
     total_bytes = total_params = 0
+    errors: dict[str, tuple[float, float]] = {}
     for name in tqdm(targets, desc=f"quantize {storage}", unit="layer", leave=False):
         linear = model.get_submodule(name).to(device)
-        frozen = frozen_linear(linear, storage, blocksize, double_quant, compute_dtype)
+        frozen = frozen_linear(linear, storage, blocksize, double_quant, compute_dtype, codebook)
+        errors[name] = reconstruction_error(linear.weight, frozen)
         _set_submodule(model, name, frozen)
         nbytes, nparams = storage_bytes(frozen)
         total_bytes += nbytes
@@ -83,6 +88,7 @@ def replace_linear_layers(
         bits_per_param=8 * total_bytes / total_params if total_params else float("nan"),
         layers=len(targets),
         skipped=skipped,
+        weight_error=weight_error_summary(errors),
     )
 
 

@@ -14,6 +14,7 @@ from harness.quant.layer import (
     reconstruction_error,
     storage_bytes,
     stored_weight,
+    weight_error_summary,
 )
 from harness.quant.registry import (
     ALLOWED_BLOCKSIZES,
@@ -46,4 +47,5 @@ __all__ = [
     "validate_codebook",
     "validate_quant_args",
     "validate_weight",
+    "weight_error_summary",
 ]

@@ -6,6 +6,7 @@ for backward, so neither the module nor the autograd graph holds a full-precisio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -163,6 +164,25 @@ def reconstruction_error(weight: torch.Tensor, module: nn.Module) -> tuple[float
     reference = weight.detach().float()
     error = stored_weight(module) - reference
     return error.square().sum(dtype=torch.float64).item(), reference.square().sum(dtype=torch.float64).item()
+
+
+def _relative_rms(squared_error: float, squares: float) -> float:
+    if squares > 0:
+        return math.sqrt(squared_error / squares)
+    return 0.0 if squared_error == 0 else math.inf
+
+
+def weight_error_summary(errors: dict[str, tuple[float, float]]) -> dict[str, float | str | None]:
+    """||W - deq(Q(W))|| / ||W|| over all quantized parameters together (``rel_rms``: summed squared errors
+    over summed squares, so large layers weigh more) and for the worst layer, from each layer's
+    (sum of squared errors, sum of squares) in module order."""
+    per_layer = {name: _relative_rms(*sums) for name, sums in errors.items()}
+    worst = max(per_layer, key=per_layer.__getitem__) if per_layer else None
+    return {
+        "rel_rms": _relative_rms(sum(e for e, _ in errors.values()), sum(s for _, s in errors.values())),
+        "max_layer_rel_rms": per_layer[worst] if worst is not None else 0.0,
+        "worst_layer": worst,
+    }
 
 
 def storage_bytes(module: nn.Module) -> tuple[int, int]:
