@@ -364,3 +364,12 @@ def test_pareto_front_keeps_points_nothing_beats() -> None:
     assert pareto_mask(bits, acc, higher_y_is_better=True) == [True, True, False, False]
     perplexity = [10.0, 9.0, 8.0, 7.0]  # lower is better: (4.5, 8.0) beats (4.5, 9.0)
     assert pareto_mask(bits, perplexity, higher_y_is_better=False) == [True, False, True, True]
+
+
+def test_weight_error_is_a_column_lower_is_better() -> None:
+    """``quant.weight_error.rel_rms`` (relative RMS error of the stored weights) becomes a ranked column."""
+    table = pd.DataFrame({"quant.bits_per_param": [4.127, 4.5], "quant.weight_error.rel_rms": [0.09, 0.12]})
+    frame, metrics = metric_frame(table)
+    (error,) = [m for m in metrics if m.role == "weight_error"]
+    assert frame[error.header].tolist() == [0.09, 0.12]
+    assert error.header == "weight error (rel. RMS) ↓"

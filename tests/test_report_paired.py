@@ -274,3 +274,15 @@ def test_bad_reference_is_a_clear_error_before_writing(
     assert code == 2
     assert f"--reference {selector!r}" in stderr and message in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bootstrap_settings_are_used_and_recorded(sweep: Path, tmp_path: Path) -> None:
+    code, stderr = run([str(sweep), "-o", str(tmp_path), "--resamples", "500", "--seed", "7"])
+    assert code == 0, stderr
+    table = pd.read_csv(tmp_path / "comparisons.csv")
+    documents = table[table["units"] == "documents"]
+    assert set(documents["resamples"]) == {500} and set(documents["bootstrap_seed"]) == {7}
+    assert "bootstraps use 500 resamples, seed 7" in (tmp_path / "report.md").read_text()
+    with pytest.raises(SystemExit) as exit_:
+        run([str(sweep), "-o", str(tmp_path), "--resamples", "5"])
+    assert exit_.value.code == 2

@@ -275,20 +275,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the row every other is compared with, as key=value pairs ('quant.storage=bf16'); "
         "default: the 16-bit row if there is one, else the first row",
     )
-    parser.add_argument(
-        "--bootstrap-resamples",
-        type=int,
-        default=DEFAULT_BOOTSTRAP.resamples,
-        metavar="N",
-        help=f"bootstrap resamples per comparison (default {DEFAULT_BOOTSTRAP.resamples})",
-    )
-    parser.add_argument(
-        "--bootstrap-seed",
-        type=int,
-        default=DEFAULT_BOOTSTRAP.seed,
-        metavar="S",
-        help=f"bootstrap seed (default {DEFAULT_BOOTSTRAP.seed})",
-    )
+    # The same names as qlora-compare's, so one bootstrap setting reads the same in both tools.
+    for name, what in (("resamples", "bootstrap resamples per comparison"), ("seed", "bootstrap seed")):
+        default = getattr(DEFAULT_BOOTSTRAP, name)
+        parser.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default: %(default)s)")
     return parser
 
 
@@ -302,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        bootstrap = Bootstrap(resamples=args.bootstrap_resamples, seed=args.bootstrap_seed)
+        bootstrap = Bootstrap(resamples=args.resamples, seed=args.seed)
     except ValueError as exc:
         parser.error(str(exc))
     try:
