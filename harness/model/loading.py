@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from harness.config import ModelConfig
@@ -70,7 +72,7 @@ def _convert_gguf_once(name: str, gguf: Path, cache_dir: Path) -> Path:
     half a conversion.
     """
     target = cache_dir / name
-    if (target / "config.json").is_file():
+    if _usable_cache(target):
         return target
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +89,49 @@ def _convert_gguf_once(name: str, gguf: Path, cache_dir: Path) -> Path:
     except OSError:  # another job finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def cache_damage(model_dir: Path) -> list[str]:
+    """What is wrong with a converted model directory (empty when nothing is): a safetensors file whose
+    header or data is cut short, or a JSON file that does not parse, as a full disk or a kill leaves them.
+    safetensors checks the file covers its header's offsets when it opens, without reading any tensor."""
+    weights = sorted(model_dir.glob("*.safetensors"))
+    damage = [] if weights else ["no *.safetensors file"]
+    for path in weights:
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            damage.append(f"{path.name}: {exc}")
+    for path in sorted(model_dir.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            damage.append(f"{path.name}: {exc}")
+    return damage
+
+
+def _usable_cache(target: Path) -> bool:
+    """True when ``target`` holds a complete conversion; a damaged one is moved aside and deleted so the
+    caller converts again (the move is atomic: of concurrent jobs, one deletes and all reconvert)."""
+    if not (target / "config.json").is_file():
+        return False
+    damage = cache_damage(target)
+    if not damage:
+        return True
+    log.warning("converted model cache %s is damaged (%s): converting again", target, "; ".join(damage))
+    doomed = target.with_name(f".{target.name}.damaged.{os.getpid()}")
+    try:
+        target.rename(doomed)
+    except FileNotFoundError:  # another job moved it first
+        return False
+    except OSError as exc:
+        raise ModelSourceError(
+            f"converted model cache {target} is damaged ({'; '.join(damage)}) and could not be moved aside "
+            f"({exc}): delete that directory and run again"
+        ) from exc
+    shutil.rmtree(doomed, ignore_errors=True)
+    return False
 
 
 def _resolve_source(cfg: ModelConfig) -> tuple[str, str, list[str]]:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from harness.config import LoraConfig
+from harness.config import TARGET_PRESETS, LoraConfig
 from harness.model.dropout import use_cheap_lora_dropout
 from harness.quant import QuantLinear
 
-ATTENTION_HINTS = ("attn", "attention")
-MLP_HINTS = ("mlp", "feed_forward", "ffn")
-TARGET_PRESETS = ("all-linear", "attention", "mlp")
+# A layer's role comes from the nearest enclosing module whose name says it (self_attn, attention,
+# self_attention, attn; mlp, feed_forward, ffn): that covers Llama/Mistral/Qwen2/Gemma/Phi-3, BLOOM,
+# GPT-NeoX and GPT-2. ROLE_BY_LEAF names the layers whose path does not say it: OPT (like XGLM and BioGPT)
+# hangs its feed-forward fc1/fc2 directly off the decoder layer.
+ROLE_HINTS = {"attention": ("attn", "attention"), "mlp": ("mlp", "feed_forward", "ffn")}
+ROLE_BY_LEAF = {"fc1": "mlp", "fc2": "mlp"}
 
 
 class LoraTargetError(ValueError):
@@ -37,8 +40,42 @@ def _peft_linear():
     return QuantLoraLinear
 
 
+def layer_role(name: str) -> str | None:
+    """``attention``, ``mlp`` or None for a linear layer's full module name."""
+    *parents, leaf = name.lower().split(".")
+    if leaf in ROLE_BY_LEAF:
+        return ROLE_BY_LEAF[leaf]
+    for parent in reversed(parents):
+        for role, hints in ROLE_HINTS.items():
+            if any(hint in parent for hint in hints):
+                return role
+    return None
+
+
+def _matches(name: str, suffix: str) -> bool:
+    """peft's rule for a list of ``target_modules``: the full name, or a suffix after a dot."""
+    return name == suffix or name.endswith(f".{suffix}")
+
+
+def _shortest_suffixes(chosen: list[str], all_names: list[str]) -> list[str]:
+    """The shortest name suffixes that select exactly ``chosen`` among ``all_names`` under peft's rule:
+    the leaf (``q_proj``) unless an unchosen layer shares it, as GPT-2's ``c_proj`` is in both attention
+    and MLP; then ``attn.c_proj``."""
+    others = [n for n in all_names if n not in set(chosen)]
+    suffixes = set()
+    for name in chosen:
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-k:])
+            if not any(_matches(other, suffix) for other in others):
+                suffixes.add(suffix)
+                break
+    return sorted(suffixes)
+
+
 def resolve_targets(targets, frozen_layer_names: list[str]) -> list[str]:
-    """Leaf names (``q_proj``, ...) of the layers that get adapters; matching nothing is an error."""
+    """Name suffixes of the layers that get adapters (leaf names such as ``q_proj`` where they are
+    unambiguous), as peft's ``target_modules`` takes them; matching nothing is an error."""
     leaves = sorted({name.rsplit(".", 1)[-1] for name in frozen_layer_names})
     if isinstance(targets, str):
         if targets not in TARGET_PRESETS:
@@ -46,29 +83,19 @@ def resolve_targets(targets, frozen_layer_names: list[str]) -> list[str]:
                 f"lora.targets={targets!r} is not one of {TARGET_PRESETS} nor a list of module names; "
                 f"this model's linear layers are {leaves}"
             )
-        hints = {"attention": ATTENTION_HINTS, "mlp": MLP_HINTS}.get(targets)
-        chosen = [n for n in frozen_layer_names if hints is None or any(h in n.lower() for h in hints)]
+        chosen = [n for n in frozen_layer_names if targets == "all-linear" or layer_role(n) == targets]
     else:
         wanted = list(targets)
-        missing = [t for t in wanted if not any(n == t or n.endswith(f".{t}") for n in frozen_layer_names)]
+        missing = [t for t in wanted if not any(_matches(n, t) for n in frozen_layer_names)]
         if missing:
             raise LoraTargetError(
                 f"lora.targets {missing} match no linear layer; this model's linear layers are {leaves} "
                 f"(or use one of {TARGET_PRESETS})"
             )
-        chosen = [n for n in frozen_layer_names if any(n == t or n.endswith(f".{t}") for t in wanted)]
+        chosen = [n for n in frozen_layer_names if any(_matches(n, t) for t in wanted)]
     if not chosen:
         raise LoraTargetError(f"lora.targets={targets!r} matches no linear layer among {leaves}")
-    return sorted({name.rsplit(".", 1)[-1] for name in chosen})
-
-
-def validate_lora(cfg: LoraConfig) -> None:
-    if cfg.r <= 0:
-        raise LoraTargetError(f"lora.r={cfg.r} must be a positive integer (the paper uses 8 to 256)")
-    if cfg.alpha <= 0:
-        raise LoraTargetError(f"lora.alpha={cfg.alpha} must be positive")
-    if not 0 <= cfg.dropout < 1:
-        raise LoraTargetError(f"lora.dropout={cfg.dropout} must be in [0, 1)")
+    return _shortest_suffixes(chosen, frozen_layer_names)
 
 
 def attach_lora(model: nn.Module, cfg: LoraConfig, target_leaves: list[str], seed: int):

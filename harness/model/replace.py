@@ -2,6 +2,7 @@
 
 transformers' ``BitsAndBytesConfig`` has no block-size option, so every storage type goes through this
 one path: walk the ``nn.Linear`` modules, quantize each weight on the target device, swap the module.
+GPT-2's ``Conv1D`` layers go the same way, as the linear layer they are (see ``as_linear``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
 
 from harness.quant import frozen_linear, reconstruction_error, storage_bytes, weight_error_summary
 
@@ -29,9 +31,33 @@ class QuantizationSummary:
     weight_error: dict[str, float | str | None]
 
 
+LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Full names of every ``nn.Linear`` in the model, in module order."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    """Full names of every linear layer (``nn.Linear``, GPT-2's ``Conv1D``) in the model, in module order."""
+    return [name for name, module in model.named_modules() if isinstance(module, LINEAR_TYPES)]
+
+
+def as_linear(module: nn.Module) -> nn.Linear:
+    """The layer as an ``nn.Linear``: itself, or for a ``Conv1D`` (y = x @ W + b, W stored in x out) the
+    ``nn.Linear`` whose weight is W transposed (a copy of this one layer).
+
+    Supporting Conv1D this way rather than refusing it follows transformers' bitsandbytes integration
+    (``integrations/bitsandbytes.py``: "Support models using `Conv1D` in place of `nn.Linear` (e.g.
+    openai-community/gpt2) by transposing the weight matrix prior to quantization"; its replace function
+    takes ``in_features, out_features = module.weight.shape`` for the ``Linear4bit`` it builds).
+    Every storage type then sees one weight layout, and the frozen layer is a plain linear layer to peft:
+    LoRA attaches with ``fan_in_fan_out=False`` (peft sets it True only for a module that is still Conv1D).
+    """
+    if not isinstance(module, Conv1D):
+        return module
+    in_features, out_features = module.weight.shape
+    linear = nn.Linear(in_features, out_features, bias=module.bias is not None, device="meta")
+    linear.weight = nn.Parameter(module.weight.detach().T.contiguous(), requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach(), requires_grad=False)
+    return linear
 
 
 def _is_skipped(name: str, skip_modules: list[str]) -> bool:
@@ -69,7 +95,7 @@ def replace_linear_layers(
     total_bytes = total_params = 0
     errors: dict[str, tuple[float, float]] = {}
     for name in tqdm(targets, desc=f"quantize {storage}", unit="layer", leave=False):
-        linear = model.get_submodule(name).to(device)
+        linear = as_linear(model.get_submodule(name)).to(device)
         frozen = frozen_linear(linear, storage, blocksize, double_quant, compute_dtype, codebook)
         errors[name] = reconstruction_error(linear.weight, frozen)
         _set_submodule(model, name, frozen)
