@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from harness.data.heldout import ALPACA_HELDOUT
 from harness.quant.registry import FLOAT_DTYPES, STORAGE_TYPES, USER_CODEBOOK, validate_quant_args
 
 
@@ -188,8 +189,12 @@ class DataConfig:
         "also train on the prompt tokens (the paper trains on the response only)", False
     )
     num_synthetic: int = _help("examples of the synthetic task", 512)
+    heldout: int = _help(
+        "the last N records are never trained on (data=alpaca: those alpaca_heldout_local scores)", 0
+    )
 
     def __post_init__(self) -> None:
+        _require(self.heldout >= 0, "data.heldout", self.heldout, ">= 0")
         if self.max_examples is not None:
             _require(self.max_examples >= 1, "data.max_examples", self.max_examples, ">= 1 or null")
         _require(self.num_synthetic >= 1, "data.num_synthetic", self.num_synthetic, ">= 1")
@@ -306,7 +311,10 @@ def group_options() -> dict[str, dict[str, Any]]:
             "gpu": TrainConfig(steps=200, grad_accum=4, seq_len=512, optimizer=Optimizer.paged_adamw_32bit),
         },
         "model": {"smollm2-135m": ModelConfig(), "tiny": ModelConfig(name_or_path="tiny")},
-        "data": {"synthetic": DataConfig(), "alpaca": DataConfig(source="instruct/alpaca_5000.json")},
+        "data": {
+            "synthetic": DataConfig(),
+            "alpaca": DataConfig(source="instruct/alpaca_5000.json", heldout=ALPACA_HELDOUT),
+        },
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from harness.config import DataConfig
+from harness.data.heldout import split_heldout
 from harness.data.paths import data_file, resolve_data_dir
 from harness.data.prompts import format_prompt
 from harness.data.synthetic import synthetic_examples
@@ -53,18 +54,23 @@ def _local_path(source: str, data_dir: str | None) -> Path | None:
     return data_file(source, data_dir)
 
 
-def load_records(cfg: DataConfig) -> list[dict]:
-    """The raw instruction records named by ``data.source``; fields are checked, not yet tokenised."""
+def read_records(cfg: DataConfig) -> list[dict]:
+    """Every raw record named by ``data.source``, held-out ones included; fields are checked."""
     if cfg.source == "synthetic":
         records = synthetic_examples(cfg.num_synthetic)
     elif (path := _local_path(cfg.source, cfg.data_dir)) is not None:
         records = _read_json_records(path)
     else:
         records = _load_hub_dataset(cfg)
-    if cfg.max_examples is not None:
-        records = records[: cfg.max_examples]
     check_fields(records, cfg)
     return records
+
+
+def load_records(cfg: DataConfig) -> list[dict]:
+    """The training records: all but the last ``data.heldout`` (never trained on), then the first
+    ``data.max_examples``; not yet tokenised."""
+    train, _ = split_heldout(read_records(cfg), cfg.heldout)
+    return train[: cfg.max_examples]
 
 
 def _load_hub_dataset(cfg: DataConfig) -> list[dict]:
