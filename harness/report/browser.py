@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -71,7 +72,7 @@ class _DevTools:
 
     def __init__(self, browser: str) -> None:
         self._to_chrome, self._from_chrome = os.pipe(), os.pipe()
-        self._profile = tempfile.TemporaryDirectory(prefix="qlora-chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="qlora-chromium-", ignore_cleanup_errors=True)
         self._process = subprocess.Popen(
             [browser, *_FLAGS, f"--user-data-dir={self._profile.name}", "about:blank"],
             stdin=subprocess.DEVNULL,
@@ -132,8 +133,15 @@ class _DevTools:
             self.events.append(self._read(deadline))
 
     def close(self) -> None:
-        self._process.kill()
-        self._process.wait()
+        """Ask Chromium to quit (its helpers leave with it), kill it if it does not."""
+        self._session = None
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):  # quit before answering, or hangs
+            self.send("Browser.close")
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
         os.close(self._to_chrome[1])
         os.close(self._from_chrome[0])
         self._profile.cleanup()

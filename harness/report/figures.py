@@ -373,7 +373,7 @@ def error_vs_bits(data: PlotData) -> Figure | None:
     sns.scatterplot(
         data.rows, x=bits[0].header, y=errors[0].header, hue=data.hue(STORAGE), style=style, s=70, ax=ax
     )
-    _legend_outside(fig, [ax], None)
+    _legend_outside(fig, [ax], _AXIS_NAMES[STORAGE] if style is None else None)
     return fig
 
 

@@ -25,7 +25,7 @@ HIGHER, LOWER, UNRANKED = 1, -1, 0
 # The paper reports acc_norm where a task has it; perplexity tasks report word perplexity.
 _PREFERRED = ("acc_norm", "acc", "exact_match", "word_perplexity", "bits_per_byte", "byte_perplexity")
 _PERCENT = frozenset({"acc", "acc_norm", "exact_match", "f1", "mc1", "mc2"})
-_LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "error")
+_LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "error", "brier")
 _MIB = 2**20
 
 # Config keys that differ between jobs without being what a sweep compares (any key named ``seed`` too):
