@@ -20,6 +20,7 @@ from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import linear_module_names, quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import TINY_FAMILIES, build_tiny_family, save_tiny_family
 from harness.quant import QuantLinear
+from harness.result import read_result
 
 # Per family: the resolved lora.targets for attention and mlp; all-linear resolves to the leaf names.
 EXPECTED_TARGETS = {
@@ -79,7 +80,8 @@ def test_family_job_quantizes_trains_and_evaluates(job_config, tmp_path, family)
         "eval=synthetic",
         "eval.limit=4",
     )
-    result = run_job(cfg, tmp_path / "job")
+    assert run_job(cfg, tmp_path / "job").ok
+    result = read_result(tmp_path / "job" / "result.json")
     assert result["status"] == "ok", result.get("error")
     assert result["model"]["source"] == "local"
     names = quantizable_layer_names(build_tiny_family(family)[0], ["lm_head"])
