@@ -230,8 +230,10 @@ def _loss_skip(ok: pd.DataFrame, job: int) -> int:
 
 
 def _mean_loss(ok: pd.DataFrame, job: int) -> float:
+    """Mean training loss after the warm-up steps; NaN for a job that did not train past them."""
     losses = ok[LOSS][job]
-    return float(np.mean(losses[_loss_skip(ok, job) :])) if isinstance(losses, list) else math.nan
+    kept = losses[_loss_skip(ok, job) :] if isinstance(losses, list) else []
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def _by_seeds(
