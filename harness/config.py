@@ -214,6 +214,9 @@ class EvalConfig:
     include_path: list[str] = _help("extra task folders (each must hold task YAMLs)", factory=list)
     before: bool = _help("also evaluate the quantized base model before training", False)
     seed: int = _help("lm-eval's seed (few-shot sampling)", 1234)
+    log_samples: bool = _help(
+        "store lm-eval's per-document scores in samples.parquet, for paired CIs in reports and compare", True
+    )
 
     def __post_init__(self) -> None:
         limit = self.limit

@@ -31,6 +31,7 @@ from harness.model.loading import load_model
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.result import JobResult, config_hash
+from harness.stats.samples import write_samples
 from harness.train.loop import TrainResult, train
 from harness.train.memory_model import ModelShape, current_rss_bytes, estimate_peak_memory
 
@@ -155,11 +156,11 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
     result.quant = asdict(summary)
     _inject_fault(job.fault)
 
+    before = None
     if evaluation and job.eval.before:
         with timer("eval_before"):
-            result.eval_before = evaluation.evaluate_model(
-                loaded.model, loaded.tokenizer, job.eval, job.data.data_dir
-            )
+            before = evaluation.evaluate_model(loaded.model, loaded.tokenizer, job.eval, job.data.data_dir)
+        result.eval_before = before.metrics
 
     model = attach_lora(loaded.model, job.lora, targets, job.seed)
     with timer("train"):
@@ -185,9 +186,11 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
 
     if evaluation:
         with timer("eval"):
-            result.eval = evaluation.evaluate_model(model, loaded.tokenizer, job.eval, job.data.data_dir)
+            after = evaluation.evaluate_model(model, loaded.tokenizer, job.eval, job.data.data_dir)
+        result.eval = after.metrics
         if result.eval_before is not None:
             result.eval_delta = evaluation.metric_delta(result.eval, result.eval_before)
+        write_samples(job_dir, {"before": before.samples if before else None, "after": after.samples})
 
 
 def _memory_estimate(

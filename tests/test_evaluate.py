@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +15,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from harness.config import EvalConfig
-from harness.paths import CONF_DIR
 from harness.data.paths import DataDirError, resolve_data_dir
 from harness.data.prompts import format_prompt
 from harness.data.synthetic import synthetic_examples
 from harness.evaluate import evaluate_model, metric_delta, task_metrics, validate_tasks
+from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, task_manager
+from harness.job import run_job
 from harness.model.tiny import build_tiny_model
+from harness.paths import CONF_DIR
+from harness.stats import aggregate, read_samples, write_samples
 from harness.tasks import TASKS_DIR
 from harness.tasks.utils import split_wikitext_articles
 
@@ -67,7 +71,7 @@ def test_multiple_choice_and_perplexity_tasks_run_through_lm_eval(tiny_data_dir:
     """A plain transformers model: metrics in range, with stderr where lm-eval has one, and n."""
     model, tokenizer = build_tiny_model()
     cfg = EvalConfig(tasks=["arc_easy_local", "wikitext2_local"], batch_size=4, bootstrap_iters=10)
-    scores = evaluate_model(model, tokenizer, cfg, tiny_data_dir)
+    scores = evaluate_model(model, tokenizer, cfg, tiny_data_dir).metrics
 
     arc, wiki = scores["arc_easy_local"], scores["wikitext2_local"]
     assert arc["n"] == len(ARC_ROWS)
@@ -79,6 +83,107 @@ def test_multiple_choice_and_perplexity_tasks_run_through_lm_eval(tiny_data_dir:
     assert wiki["bits_per_byte"] == pytest.approx(math.log2(wiki["byte_perplexity"]))
 
 
+def test_per_sample_results_rebuild_every_task_metric_exactly(tiny_data_dir: str, tmp_path: Path) -> None:
+    """lm-eval's logged samples, as a frame: one row per document and metric, and aggregating the rows gives
+    back the task's own acc, acc_norm, word/byte perplexity and bits per byte; samples.parquet keeps them."""
+    model, tokenizer = build_tiny_model()
+    cfg = EvalConfig(tasks=["arc_easy_local", "wikitext2_local"], batch_size=4, bootstrap_iters=0)
+    evaluation = evaluate_model(model, tokenizer, cfg, tiny_data_dir)
+    samples = evaluation.samples
+
+    counts = samples.groupby(["task", "metric"]).size().to_dict()
+    assert counts == {
+        ("arc_easy_local", "acc"): 6,
+        ("arc_easy_local", "acc_norm"): 6,
+        ("wikitext2_local", "bits_per_byte"): 2,
+        ("wikitext2_local", "byte_perplexity"): 2,
+        ("wikitext2_local", "word_perplexity"): 2,
+    }
+    for (task, metric, aggregation), rows in samples.groupby(["task", "metric", "aggregation"]):
+        rebuilt = aggregate(rows["value"].to_numpy(), rows["weight"].to_numpy(), aggregation)
+        assert rebuilt == pytest.approx(evaluation.metrics[task][metric], rel=1e-9), (task, metric)
+    words = samples[samples["metric"] == "word_perplexity"].sort_values("doc_id")["weight"].tolist()
+    assert words == [len(re.split(r"\s+", a)) for a in split_wikitext_articles(WIKI_TEXT)]
+    assert sorted(set(samples.loc[samples["task"] == "arc_easy_local", "doc_id"])) == list(range(6))
+    assert samples["doc_hash"].str.fullmatch("[0-9a-f]{16}").all()
+
+    path = write_samples(tmp_path, {"before": samples, "after": samples})
+    assert len(read_samples(path)) == 2 * len(samples)
+
+
+def test_log_samples_false_returns_metrics_only(tiny_data_dir: str) -> None:
+    model, tokenizer = build_tiny_model()
+    cfg = EvalConfig(tasks=["arc_easy_local"], bootstrap_iters=0, log_samples=False)
+    evaluation = evaluate_model(model, tokenizer, cfg, tiny_data_dir)
+    assert evaluation.samples is None and evaluation.metrics["arc_easy_local"]["n"] == len(ARC_ROWS)
+
+
+@pytest.mark.parametrize("log_samples", [True, False])
+def test_job_writes_samples_beside_result_json(job_config, tmp_path: Path, log_samples: bool) -> None:
+    """The smoke job (before and after training) stores both phases, and they rebuild result.json's acc;
+    eval.log_samples=false writes no file and removes one an earlier run left."""
+    (tmp_path / "samples.parquet").write_text("an earlier run's file")
+    cfg = job_config(
+        "model=tiny",
+        "train=smoke",
+        "eval=synthetic",
+        "eval.before=true",
+        "train.steps=4",
+        f"eval.log_samples={str(log_samples).lower()}",
+    )
+    result = run_job(cfg, tmp_path)
+    assert result.ok, result.error
+    if not log_samples:
+        assert not (tmp_path / "samples.parquet").exists()
+        return
+    samples = read_samples(tmp_path / "samples.parquet")
+    for phase, metrics in (("before", result.eval_before), ("after", result.eval)):
+        rows = samples[(samples["phase"] == phase) & (samples["metric"] == "acc")]
+        assert len(rows) == metrics["synthetic_local"]["n"] == 32
+        assert rows["value"].mean() == pytest.approx(metrics["synthetic_local"]["acc"])
+
+
+def test_sample_frame_keeps_filters_brier_per_document_and_drops_corpus_metrics() -> None:
+    """Metric names as result.json spells them; the Brier score per document; f1 (corpus-level) left out."""
+    results = {
+        "configs": {"t": {"metric_list": [{"metric": "brier_score", "aggregation": "brier_score"}]}},
+        "samples": {
+            "t": [
+                {
+                    "doc_id": 3,
+                    "doc_hash": "ab" * 32,
+                    "filter": "strict-match",
+                    "metrics": ["exact_match", "brier_score", "f1"],
+                    "exact_match": 1.0,
+                    "brier_score": (1, [0.25, 0.75]),
+                    "f1": (1, 1),
+                }
+            ]
+        },
+    }
+    frame = sample_frame(results)
+    assert frame.to_dict("records") == [
+        {
+            "task": "t",
+            "doc_id": 3,
+            "doc_hash": "ab" * 8,
+            "metric": "exact_match/strict-match",
+            "aggregation": "mean",
+            "value": 1.0,
+            "weight": 1.0,
+        },
+        {
+            "task": "t",
+            "doc_id": 3,
+            "doc_hash": "ab" * 8,
+            "metric": "brier_score/strict-match",
+            "aggregation": "mean",
+            "value": 0.125,
+            "weight": 1.0,
+        },
+    ]  # Brier: 0.25² + (0.75 - 1)² = 0.125
+
+
 def test_user_task_folder_reuses_the_shipped_template(tiny_data_dir: str, tmp_path: Path) -> None:
     """eval.include_path adds a task that reads its own file from the data directory, checked up front."""
     (tmp_path / "my_arc.yaml").write_text(
@@ -87,7 +192,7 @@ def test_user_task_folder_reuses_the_shipped_template(tiny_data_dir: str, tmp_pa
     )
     cfg = EvalConfig(tasks=["my_arc"], include_path=[str(tmp_path)], bootstrap_iters=0)
     model, tokenizer = build_tiny_model()
-    assert evaluate_model(model, tokenizer, cfg, tiny_data_dir)["my_arc"]["n"] == len(ARC_ROWS)
+    assert evaluate_model(model, tokenizer, cfg, tiny_data_dir).metrics["my_arc"]["n"] == len(ARC_ROWS)
     with pytest.raises(DataDirError, match="arc_easy.jsonl"):
         validate_tasks(cfg, str(tmp_path))
 
@@ -126,11 +231,11 @@ def test_the_adapted_peft_model_is_what_gets_evaluated() -> None:
     peft_model = get_peft_model(model, lora)
     cfg = EvalConfig(tasks=["synthetic_local"], limit=8, bootstrap_iters=0)
 
-    before = evaluate_model(peft_model, tokenizer, cfg, None)["synthetic_local"]
+    before = evaluate_model(peft_model, tokenizer, cfg, None).metrics["synthetic_local"]
     _train_on_synthetic(peft_model, tokenizer, num_facts=8, steps=20)
-    after = evaluate_model(peft_model, tokenizer, cfg, None)["synthetic_local"]
+    after = evaluate_model(peft_model, tokenizer, cfg, None).metrics["synthetic_local"]
     with peft_model.disable_adapter():
-        adapters_off = evaluate_model(peft_model, tokenizer, cfg, None)["synthetic_local"]
+        adapters_off = evaluate_model(peft_model, tokenizer, cfg, None).metrics["synthetic_local"]
 
     assert before["n"] == after["n"] == 8
     assert after["brier_score"] < before["brier_score"] - 0.2  # lower is better

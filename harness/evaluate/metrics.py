@@ -8,7 +8,7 @@ from typing import Any
 _NOT_METRICS = {"name", "alias", "sample_len", "sample_count"}
 
 
-def _metric_name(key: str) -> str:
+def metric_name(key: str) -> str:
     """``"acc_stderr,none"`` → ``"acc_stderr"``; other filters stay: ``"exact_match/strict-match"``."""
     metric, _, filt = key.partition(",")
     stem = metric.removesuffix("_stderr")
@@ -32,7 +32,7 @@ def task_metrics(results: dict[str, Any]) -> dict[str, dict[str, float | int]]:
         for key, value in entry.items():
             if key in _NOT_METRICS or (number := _number(value)) is None:
                 continue
-            metrics[_metric_name(key)] = number
+            metrics[metric_name(key)] = number
         metrics["n"] = int(entry["sample_len"])
         out[task] = metrics
     return out

@@ -10,15 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
 import lm_eval
+import pandas as pd
 from lm_eval.models.huggingface import HFLM
 from torch import nn
 
 from harness.config import EvalConfig
 from harness.evaluate.metrics import task_metrics
+from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, manager_for, validate_tasks
 
 
@@ -59,16 +62,24 @@ def _hub_hint() -> Iterator[None]:
         ) from exc
 
 
-def evaluate_model(
-    model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: str | None
-) -> dict[str, dict[str, float | int]]:
-    """Run ``cfg.tasks`` on ``model`` → ``{task: {metric: value, <metric>_stderr: value, "n": samples}}``.
+@dataclass
+class Evaluation:
+    """One lm-eval run: the task metrics for ``result.json`` and, unless ``eval.log_samples`` is false, the
+    per-document scores (:func:`harness.evaluate.samples.sample_frame`) for ``samples.parquet``."""
+
+    metrics: dict[str, dict[str, float | int]]
+    samples: pd.DataFrame | None = None
+
+
+def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: str | None) -> Evaluation:
+    """Run ``cfg.tasks`` on ``model``: ``{task: {metric: value, <metric>_stderr: value, "n": samples}}`` and,
+    with ``cfg.log_samples``, lm-eval's own per-document scores.
 
     ``data_dir`` is ``data.data_dir`` (``None``: ``$QLORA_DATA_DIR`` or the default); the ``*_local``
     tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``.
     """
     if not cfg.tasks:
-        return {}
+        return Evaluation({})
     validate_tasks(cfg, data_dir)
     with _keeps_train_mode(model), _hub_hint():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
@@ -83,6 +94,6 @@ def evaluate_model(
             numpy_random_seed=cfg.seed,
             torch_random_seed=cfg.seed,
             fewshot_random_seed=cfg.seed,
-            log_samples=False,
+            log_samples=cfg.log_samples,
         )
-    return task_metrics(results)
+    return Evaluation(task_metrics(results), sample_frame(results) if cfg.log_samples else None)

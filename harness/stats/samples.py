@@ -89,12 +89,14 @@ def check_frame(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 def write_samples(job_dir: str | os.PathLike, frames: Mapping[str, pd.DataFrame | None]) -> Path | None:
     """Write ``job_dir/samples.parquet`` from ``{phase: frame}`` (frames as ``evaluate_model`` returns them,
     without a ``phase`` column); ``None`` frames are skipped. Returns the path, or None when nothing was
-    logged. Written through a temporary file, so a killed job leaves no half file."""
+    logged (then an older file there is removed: the file always belongs to the result.json beside it).
+    Written through a temporary file, so a killed job leaves no half file."""
     parts = [frame.assign(phase=phase) for phase, frame in frames.items() if frame is not None]
+    path = Path(job_dir) / SAMPLES_FILE
     if not parts:
+        path.unlink(missing_ok=True)  # a re-run without samples must not leave the old run's beside it
         return None
     table = check_frame(pd.concat(parts, ignore_index=True), f"samples for {job_dir}")[list(COLUMNS)]
-    path = Path(job_dir) / SAMPLES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{SAMPLES_FILE}.tmp")
     table.to_parquet(tmp, index=False, compression="zstd")
