@@ -17,7 +17,7 @@ from harness.compare import CompareInputError, compare_results, load_tolerances
 from harness.compare.cli import main
 from harness.compare.inputs import canonical
 from harness.report.load import load_results
-from harness.result import write_result
+from harness.result import JobResult
 from harness.stats import write_report_samples, write_samples
 
 STORAGES = {"nf4": 4.127, "fp4": 4.127, "int4": 4.252}  # storage type -> bits/param
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Change = Callable[[Any], Any]
 
 
-def make_result(storage: str, seed: int, output_dir: Path) -> dict[str, Any]:
+def make_result(storage: str, seed: int, job_dir: Path) -> dict[str, Any]:
     """One ok job in the result.json shape, with every metric kind the default tolerances judge."""
     offset = 0.01 * seed + {"nf4": 0.02, "fp4": 0.0, "int4": -0.01}[storage]
     return {
@@ -38,11 +38,10 @@ def make_result(storage: str, seed: int, output_dir: Path) -> dict[str, Any]:
             "quant": {"storage": storage, "blocksize": 64, "double_quant": True, "compute_dtype": "auto"},
             "lora": {"r": 8, "alpha": 16.0, "dropout": 0.1, "targets": ["q_proj", "v_proj"]},
             "train": {"steps": 10, "batch_size": 2, "seq_len": 64, "lr": 2e-4, "optimizer": "adamw"},
-            "data": {"source": "synthetic", "data_dir": str(output_dir / "data")},
+            "data": {"source": "synthetic", "data_dir": str(job_dir / "data")},
             "eval": {"tasks": ["arc_easy_local", "wikitext2_local"], "limit": 200},
             "seed": seed,
             "device": "cpu",
-            "output_dir": str(output_dir),
         },
         "env": {"device": "cpu", "torch": "2.9.0", "git_commit": "abc"},
         "quant": {
@@ -92,7 +91,7 @@ def write_sweep(root: Path, changes: dict[tuple[str, int], dict[str, Change]] | 
             record = make_result(storage, seed, job_dir)
             for dotted, change in changes.get((storage, seed), {}).items():
                 set_dotted(record, dotted, change)
-            write_result(job_dir, record)
+            JobResult.from_json(record).save(job_dir)  # only fields a job writes
     return root
 
 
@@ -220,7 +219,9 @@ def test_tolerance_file_overrides_only_what_it_names(baseline, tmp_path, capsys)
     tolerances.write_text(override)
     slower = write_sweep(tmp_path / "slower", {("nf4", 1): {"train.tokens_per_s": scale(0.5)}})
     assert run(capsys, baseline, slower, "--tolerances", tolerances)[0] == 1
-    worse = write_sweep(tmp_path / "worse", {("nf4", 1): {"eval.wikitext2_local.word_perplexity": scale(1.5)}})
+    worse = write_sweep(
+        tmp_path / "worse", {("nf4", 1): {"eval.wikitext2_local.word_perplexity": scale(1.5)}}
+    )
     assert run(capsys, baseline, worse, "--tolerances", tolerances)[0] == 1
     tolerances.write_text("extends: none\n" + override)
     assert run(capsys, baseline, worse, "--tolerances", tolerances)[0] == 0
@@ -250,7 +251,7 @@ def test_ok_to_failed_is_a_regression_naming_job_and_error(baseline, tmp_path, c
     for section in ("quant", "lora", "train", "eval"):
         failed.pop(section)
     failed.update(status="failed", error={"type": "RuntimeError", "message": "CUDA out of memory"})
-    write_result(current / "int4-seed0", failed)
+    JobResult.from_json(failed).save(current / "int4-seed0")
     code, out, _ = run(capsys, baseline, current)
     assert code == 1
     [row] = rows_with(out, "REGRESSED")
@@ -308,7 +309,7 @@ def test_excluded_and_one_sided_config_columns_do_not_break_matching(baseline, t
     comparison = compare_results([baseline], [current])
     assert comparison.exit_code == 0
     assert comparison.ignored_key_columns == ["config.train.new_option"]
-    assert "config.output_dir" not in comparison.key_columns  # differs: baseline/ vs current/
+    assert "config.data.data_dir" not in comparison.key_columns  # differs: baseline/ vs current/
     assert {"config.quant.storage", "config.seed", "config.lora.targets"} <= set(comparison.key_columns)
 
 
@@ -418,7 +419,7 @@ def test_help_documents_exit_codes_and_tolerances(capsys):
     for needle in (
         "exit codes:",
         "tolerance file",
-        "config.output_dir",
+        "config.data.data_dir",
         "qlora-report runs/smoke -o reports/baselines/smoke",
     ):
         assert needle in text

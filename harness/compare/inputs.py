@@ -1,8 +1,9 @@
 """One side of a comparison: results tables or sweep directories, and the config key of each job.
 
-A job is identified by its ``config.*`` columns, except the ones in :data:`NON_KEY_COLUMNS` (paths that
-differ between machines and runs, and test-only switches). Columns present on only one side, such as
-a config field added after the baseline was recorded, are left out of the key and reported.
+A job is identified by its ``config.*`` columns, except :data:`NON_KEY_COLUMNS`: the config keys that
+:func:`harness.result.job_identity` leaves out (machine-local paths and test-only switches), the one
+definition of "the same job". Columns present on only one side, such as a config field added after the
+baseline was recorded, are left out of the key and reported.
 
 Each side also carries its jobs' per-sample results where they exist (``samples.parquet`` in each job
 directory, or beside a results table; layout in :mod:`harness.stats.samples`).
@@ -24,15 +25,10 @@ import pandas as pd
 
 from harness.compare.errors import CompareInputError
 from harness.report.load import load_results
+from harness.result import MACHINE_LOCAL_KEYS
 from harness.stats.samples import SamplesError, load_samples
 
-NON_KEY_COLUMNS = (
-    "config.output_dir",  # where the job wrote its result
-    "config.fault",  # test-only fault injection
-    "config.model.cache_dir",  # machine-local cache of converted models
-    "config.data.data_dir",  # machine-local data directory
-    "config.eval.include_path",  # machine-local task directories
-)
+NON_KEY_COLUMNS = tuple(f"config.{key}" for key in MACHINE_LOCAL_KEYS)
 TABLE_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 JobKey = tuple[str, ...]
