@@ -286,3 +286,23 @@ def test_bootstrap_settings_are_used_and_recorded(sweep: Path, tmp_path: Path) -
     with pytest.raises(SystemExit) as exit_:
         run([str(sweep), "-o", str(tmp_path), "--resamples", "5"])
     assert exit_.value.code == 2
+
+
+def test_one_document_is_too_few_to_test(tmp_path: Path) -> None:
+    """WikiText-2 at a small eval.limit is one article: no spread to resample, so no CI, no p, no bold."""
+    for storage in ("bf16", "fp4"):
+        frame = samples_frame(storage, DOCS)
+        frame = frame[(frame["task"] != WIKI) | (frame["doc_id"] == 0)]
+        config = config_of(storage, 0, double_quant=False)
+        ok_result(config, evaluation(frame), 16.0 if storage == "bf16" else 4.5, 400.0, [2.0] * 10).save(
+            tmp_path / "sweep" / storage
+        )
+        write_samples(tmp_path / "sweep" / storage, {"after": frame})
+    code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")])
+    assert code == 0, stderr
+    row = comparison(tmp_path / "out", "fp4", "bf16", WIKI, "word_perplexity")
+    assert row["n"] == 1 and row["delta"] > 0
+    assert math.isnan(row["p_value"]) and math.isnan(row["ci_low"]) and not row["significant"]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "at n=1 documents, too few to test (no CI, no p)" in markdown
+    assert not results_cell(markdown, "bf16", f"{WIKI} word_perplexity").startswith("**")

@@ -37,6 +37,7 @@ SEED = "config.seed"
 WARMUP = "config.train.warmup_steps_excluded"
 LOSS = "train.loss"
 SIXTEEN_BIT = ("bf16", "fp16")
+MIN_UNITS = 2  # paired documents a test needs
 _EVAL_BLOCKS = ("eval", "eval_delta")
 COLUMNS = [
     "task",
@@ -260,7 +261,16 @@ def _by_documents(
     if current is None or reference is None:
         return []
     compared = compare_samples(reference, current, bootstrap)
-    return [(c.column, c.estimate, c.shared_note()) for c in compared if c.phase == "after"]
+    return [(c.column, _testable(c.estimate), c.shared_note()) for c in compared if c.phase == "after"]
+
+
+def _testable(estimate: PairedEstimate) -> PairedEstimate:
+    """A single document (WikiText-2 at a small eval.limit is one article) has no spread to test against:
+    every resample is the document itself, so the bootstrap CI collapses and its p-value is spuriously
+    tiny. Its CI, p and MDE are unknown, not zero."""
+    if estimate.n >= MIN_UNITS:
+        return estimate
+    return replace(estimate, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, mde=math.nan)
 
 
 def _by_steps(ok: pd.DataFrame, job: int, ref: int, bootstrap: Bootstrap) -> PairedEstimate | None:

@@ -95,6 +95,8 @@ def _finding(comparison: Comparison, rows: list[Row], metric: Metric) -> str:
     low, high = _signed(e.ci_low * scale, digits), _signed(e.ci_high * scale, digits)
     delta = f"{_signed(e.delta * scale, digits)}{unit} [{low}, {high}]"
     where = f"n={e.n} {comparison.units}" + (f"; {comparison.note}" if comparison.note else "")
+    if math.isnan(e.p_value):
+        return f"{what}: {_signed(e.delta * scale, digits)}{unit} at {where}, too few to test (no CI, no p)."
     if e.significant:
         return f"{what}: {delta}, {_p(e.p_value)} ({where}; {e.method})."
     mde = (
