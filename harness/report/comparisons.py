@@ -37,7 +37,7 @@ SEED = "config.seed"
 WARMUP = "config.train.warmup_steps_excluded"
 LOSS = "train.loss"
 SIXTEEN_BIT = ("bf16", "fp16")
-MIN_UNITS = 2  # paired documents a test needs
+MIN_DOCUMENTS = 10  # fewer, and a bootstrap over documents cannot see their spread
 _EVAL_BLOCKS = ("eval", "eval_delta")
 COLUMNS = [
     "task",
@@ -265,10 +265,10 @@ def _by_documents(
 
 
 def _testable(estimate: PairedEstimate) -> PairedEstimate:
-    """A single document (WikiText-2 at a small eval.limit is one article) has no spread to test against:
-    every resample is the document itself, so the bootstrap CI collapses and its p-value is spuriously
-    tiny. Its CI, p and MDE are unknown, not zero."""
-    if estimate.n >= MIN_UNITS:
+    """Too few documents have no spread a bootstrap can see (one document: every resample is that document;
+    two: three distinct resamples), so its CI collapses and its p-value is spuriously tiny. WikiText-2 at a
+    small eval.limit is one or two articles. Below :data:`MIN_DOCUMENTS` the CI, p and MDE are unknown."""
+    if estimate.n >= MIN_DOCUMENTS:
         return estimate
     return replace(estimate, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, mde=math.nan)
 
@@ -333,7 +333,7 @@ def _interval(
     _, task, metric = source.split(".", 2)
     if frame is not None:
         rows = frame[(frame["phase"] == "after") & (frame["task"] == task) & (frame["metric"] == metric)]
-        if not rows.empty:
+        if len(rows) >= MIN_DOCUMENTS:
             return ValueInterval(*_document_interval(rows, bootstrap), "documents")
     stderr = pd.to_numeric(pd.Series([ok.get(f"{source}_stderr", pd.Series(dtype=float)).get(job)]))[0]
     if pd.notna(stderr):

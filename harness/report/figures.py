@@ -380,7 +380,7 @@ def error_vs_bits(data: PlotData) -> Figure | None:
 _HELD = " Settings not on the axes are held at their most common value (panel title)."
 _BARS = (
     "error bars: 95 % interval of each configuration's value — t over seeds when it has >= 2, else a "
-    "bootstrap over the job's documents, else lm-eval's stderr × 1.96; no bar where none exists"
+    "bootstrap over the job's documents (>= 10), else lm-eval's stderr × 1.96; no bar where none exists"
 )
 
 # name, how to draw it, caption

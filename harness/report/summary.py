@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.comparisons import LOSS, Comparison, Statistics
+from harness.report.comparisons import LOSS, MIN_DOCUMENTS, Comparison, Statistics
 from harness.report.metrics import HIGHER, LOWER, Metric, Row, key_header, metric_frame, show
 from harness.report.render import Bullets, Cell, Paragraph, Table
 
 _INTERVALS = {
     "seeds": "t-interval over the row's seeds",
-    "documents": "bootstrap over the job's documents",
+    "documents": f"bootstrap over the job's documents, when it scored >= {MIN_DOCUMENTS}",
     "stderr": "lm-eval's stderr × 1.96 (no per-sample results)",
 }
 
@@ -120,9 +120,10 @@ def findings(stats: Statistics, metrics: list[Metric]) -> list[Paragraph | Bulle
     boot = stats.bootstrap
     blocks: list[Paragraph | Bullets] = [
         Paragraph(
-            f"Differences are current − reference with {boot.confidence:.0%} CI and p-value; bootstraps use "
-            f"{boot.resamples:,} resamples, seed {boot.seed}. MDE: the smallest difference the comparison "
-            "could detect (α = 0.05, 80 % power). All comparisons are in comparisons.csv."
+            f"Differences are current − reference with {boot.confidence:.0%} CI and p-value; bootstraps "
+            f"use {boot.resamples:,} resamples, seed {boot.seed}; fewer than {MIN_DOCUMENTS} paired "
+            "documents are too few to test. MDE: the smallest difference the comparison could detect "
+            "(α = 0.05, 80 % power). All comparisons are in comparisons.csv."
         ),
         Paragraph(f"Against the reference ({reference}):"),
         Bullets(against),
