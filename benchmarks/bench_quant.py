@@ -1,12 +1,15 @@
 """Benchmark the 4-bit storage types on one 4096x4096 N(0, 0.02) fp32 weight (seed 0).
 
-For nf4/fp4/int4 x block size x double quant: MSE, bits/param (measured from the stored tensors), and the
-median quantize, dequantize and frozen-layer forward (x: 1x256x4096 fp32) times after a warm-up, plus the
-Int4 / bitsandbytes-NF4 time ratios. The types of one (block size, double quant) cell are timed in turns
+For every 4-bit type (bitsandbytes nf4/fp4, Int4, the codebook types) x block size x double quant: MSE,
+bits/param (measured from the stored tensors), and the median quantize, dequantize and frozen-layer
+forward (dequantize + matmul, x: 1x256x4096 in the compute dtype) times after a warm-up, plus every type's
+time over bitsandbytes NF4's. The types of one (block size, double quant) cell are timed in turns
 (round-robin), so a ratio is never skewed by load that came and went between them. Prints a Markdown
-report and writes it to reports/quant/bench_cpu.md; it asserts nothing about time.
+report and writes it to --out; it asserts nothing about time. The user-defined ``codebook`` type runs the
+same code as the built-in codebooks and is left out.
 
-Usage: ``python benchmarks/bench_quant.py [--repeats 3] [--blocksizes 32 64 ...] [--out PATH]``
+Usage: ``python benchmarks/bench_quant.py [--repeats 3] [--blocksizes 32 64 ...] [--dtype fp32|bf16]
+[--out PATH]``
 """
 
 from __future__ import annotations
@@ -29,15 +32,19 @@ import torch
 
 from harness.quant import (
     ALLOWED_BLOCKSIZES,
+    CODEBOOK_TYPES,
     FOUR_BIT_TYPES,
     QuantLinear,
     quantize,
     theoretical_bits_per_param,
 )
+from harness.quant.registry import FLOAT_DTYPES, USER_CODEBOOK
 
 SIZE = 4096
 TOKENS = 256
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "reports" / "quant" / "bench_cpu.md"
+TYPES = tuple(s for s in FOUR_BIT_TYPES if s != USER_CODEBOOK)
+GOAL = 1.2  # issue 18: a codebook type's forward (dequantize + matmul) within 1.2x of bitsandbytes NF4
 
 
 @dataclass
@@ -73,14 +80,16 @@ def timed_in_turns(
 def bench_cell(
     weight: torch.Tensor, x: torch.Tensor, blocksize: int, double_quant: bool, repeats: int
 ) -> list[Row]:
-    """All 4-bit types at one block size and double-quant setting."""
+    """All 4-bit types at one block size and double-quant setting; dequantize and forward in x's dtype."""
     quantize_ms, qweights = timed_in_turns(
-        {s: lambda s=s: quantize(weight, s, blocksize, double_quant) for s in FOUR_BIT_TYPES},
+        {s: lambda s=s: quantize(weight, s, blocksize, double_quant) for s in TYPES},
         repeats,
         warmup=0,
     )
-    dequantize_ms, _ = timed_in_turns({s: q.dequantize for s, q in qweights.items()}, repeats)
-    layers = {s: QuantLinear(q, None, torch.float32) for s, q in qweights.items()}
+    dequantize_ms, _ = timed_in_turns(
+        {s: lambda q=q: q.dequantize(x.dtype) for s, q in qweights.items()}, repeats
+    )
+    layers = {s: QuantLinear(q, None, x.dtype) for s, q in qweights.items()}
     with torch.inference_mode():
         forward_ms, _ = timed_in_turns({s: lambda m=m: m(x) for s, m in layers.items()}, repeats)
     return [
@@ -108,7 +117,7 @@ def cpu_model() -> str:
     return names[0] if names else "unknown"
 
 
-def header(dense_ms: float, load_before: tuple[float, ...], seconds: float) -> str:
+def header(dense_ms: float, load_before: tuple[float, ...], seconds: float, x: torch.Tensor) -> str:
     load_after = os.getloadavg()
     return "\n".join(
         [
@@ -124,8 +133,9 @@ def header(dense_ms: float, load_before: tuple[float, ...], seconds: float) -> s
             f"- load average (1/5/15 min) before {fmt_load(load_before)}, after {fmt_load(load_after)}; "
             f"a load above the core count ({os.cpu_count()}) means other jobs shared the cores: absolute "
             "times are then noisy, the ratios less so (the types are timed in turns)",
-            f"- weight {SIZE}x{SIZE} fp32 N(0, 0.02), seed 0; forward input 1x{TOKENS}x{SIZE} fp32; "
-            f"dense fp32 forward (x @ W.T) {dense_ms:.1f} ms; total run {seconds:.0f} s",
+            f"- weight {SIZE}x{SIZE} fp32 N(0, 0.02), seed 0; compute dtype {x.dtype} (dequantize output and "
+            f"forward input 1x{TOKENS}x{SIZE}); dense forward in it (x @ W.T) {dense_ms:.1f} ms; "
+            f"total run {seconds:.0f} s",
             "- times: median ms after one warm-up (quantize: no warm-up); bits/param measured from the "
             "stored tensors (codebooks included), theory = 4 + 32/bs, or 4 + 8/bs + 32/(256 bs) with dq",
         ]
@@ -170,16 +180,27 @@ def main_table(rows: list[Row]) -> str:
     return markdown(headers, body)
 
 
+def goal_verdict(storage: str, forward_ratio: float) -> str:
+    """Whether a codebook type meets the 1.2x forward goal, and by how much it misses."""
+    if storage not in CODEBOOK_TYPES:
+        return "-"
+    if forward_ratio <= GOAL:
+        return "met"
+    return f"MISSED by {forward_ratio / GOAL - 1:.0%}"
+
+
 def ratio_table(rows: list[Row]) -> str:
-    """Int4 over bitsandbytes NF4, per (block size, double quant); below 1 means Int4 is faster."""
+    """Every type over bitsandbytes NF4, per (block size, double quant); below 1 means faster than NF4."""
     cells = {(r.storage, r.blocksize, r.double_quant): r for r in rows}
     body = []
     for r in rows:
-        if r.storage != "int4":
+        if r.storage == "nf4":
             continue
         nf4 = cells["nf4", r.blocksize, r.double_quant]
+        forward_ratio = r.forward_ms / nf4.forward_ms
         body.append(
             [
+                r.storage,
                 str(r.blocksize),
                 "yes" if r.double_quant else "no",
                 f"{nf4.dequantize_ms:.1f}",
@@ -187,18 +208,21 @@ def ratio_table(rows: list[Row]) -> str:
                 f"{r.dequantize_ms / nf4.dequantize_ms:.2f}",
                 f"{nf4.forward_ms:.1f}",
                 f"{r.forward_ms:.1f}",
-                f"{r.forward_ms / nf4.forward_ms:.2f}",
+                f"{forward_ratio:.2f}",
+                goal_verdict(r.storage, forward_ratio),
             ]
         )
     headers = [
+        "type",
         "block",
         "dq",
         "NF4 deq ms",
-        "Int4 deq ms",
-        "Int4/NF4 deq",
+        "type deq ms",
+        "type/NF4 deq",
         "NF4 fwd ms",
-        "Int4 fwd ms",
-        "Int4/NF4 fwd",
+        "type fwd ms",
+        "type/NF4 fwd",
+        f"codebook goal fwd <= {GOAL}x",
     ]
     return markdown(headers, body)
 
@@ -207,14 +231,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--blocksizes", type=int, nargs="+", default=list(ALLOWED_BLOCKSIZES))
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="compute dtype")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
     start, load_before = time.perf_counter(), os.getloadavg()
     weight = torch.randn(SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 0.02
-    x = torch.randn(1, TOKENS, SIZE, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(1, TOKENS, SIZE, generator=torch.Generator().manual_seed(1)).to(FLOAT_DTYPES[args.dtype])
+    dense = weight.to(x.dtype)
     with torch.inference_mode():
-        dense_ms = timed_in_turns({"dense": lambda: x @ weight.T}, args.repeats)[0]["dense"]
+        dense_ms = timed_in_turns({"dense": lambda: x @ dense.T}, args.repeats)[0]["dense"]
     rows: list[Row] = []
     for blocksize in args.blocksizes:
         for double_quant in (False, True):
@@ -223,9 +249,9 @@ def main() -> None:
 
     report = "\n\n".join(
         [
-            header(dense_ms, load_before, time.perf_counter() - start),
+            header(dense_ms, load_before, time.perf_counter() - start, x),
             "## All types\n\n" + main_table(rows),
-            "## Int4 / bitsandbytes NF4 (same run, timed in turns)\n\n" + ratio_table(rows),
+            "## Each type / bitsandbytes NF4 (same run, timed in turns)\n\n" + ratio_table(rows),
         ]
     )
     print(report)
