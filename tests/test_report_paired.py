@@ -306,3 +306,23 @@ def test_one_document_is_too_few_to_test(tmp_path: Path) -> None:
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "at n=1 documents, too few to test (no CI, no p)" in markdown
     assert not results_cell(markdown, "bf16", f"{WIKI} word_perplexity").startswith("**")
+
+
+def test_change_through_training_gets_a_paired_before_after_interval(tmp_path: Path) -> None:
+    """Δ after−before of one job pairs its own documents: training fixed 40 of 400 ARC questions."""
+    for storage in ("bf16", "nf4"):
+        before = samples_frame(storage, DOCS)
+        after = before.copy()
+        wrong = after.index[(after["task"] == ARC) & (after["value"] == 0)][:80]  # 40 docs × acc, acc_norm
+        after.loc[wrong, "value"] = 1.0
+        record = ok_result(config_of(storage, 0), evaluation(after), 4.5, 400.0, [2.0] * 10)
+        record.eval_before = evaluation(before)
+        record.save(tmp_path / "sweep" / storage)
+        write_samples(tmp_path / "sweep" / storage, {"before": before, "after": after})
+    code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")])
+    assert code == 0, stderr
+    cell = results_cell((tmp_path / "out" / "report.md").read_text(), "nf4", f"Δ {ARC} acc_norm")
+    value, interval = cell.split(" [")
+    low, high = (float(x) for x in interval.rstrip("]").split(", "))
+    assert float(value) == pytest.approx(100 * 40 / DOCS)
+    assert 0 < low < float(value) < high

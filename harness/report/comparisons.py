@@ -318,6 +318,38 @@ def _document_interval(rows: pd.DataFrame, bootstrap: Bootstrap) -> tuple[float,
     return percentile_ci(draws, bootstrap)
 
 
+def _phase_rows(frame: pd.DataFrame, phase: str, task: str, metric: str) -> pd.DataFrame:
+    return frame[(frame["phase"] == phase) & (frame["task"] == task) & (frame["metric"] == metric)]
+
+
+def _job_interval(
+    ok: pd.DataFrame,
+    job: int,
+    source: str,
+    value: float,
+    samples: dict[str, pd.DataFrame],
+    bootstrap: Bootstrap,
+) -> ValueInterval | None:
+    """One job's interval: a bootstrap over its documents (for a change through training, paired before
+    and after on the same documents), else lm-eval's stderr × z; None when neither exists."""
+    block, task, metric = source.split(".", 2)
+    frame = samples.get(ok["job_dir"][job])
+    if frame is not None and block == "eval":
+        rows = _phase_rows(frame, "after", task, metric)
+        if len(rows) >= MIN_DOCUMENTS:
+            return ValueInterval(*_document_interval(rows, bootstrap), "documents")
+    if frame is not None and block == "eval_delta":
+        before = _phase_rows(frame, "before", task, metric).assign(phase="after")
+        compared = compare_samples(before, _phase_rows(frame, "after", task, metric), bootstrap)
+        if compared and compared[0].estimate.n >= MIN_DOCUMENTS:
+            return ValueInterval(compared[0].estimate.ci_low, compared[0].estimate.ci_high, "documents")
+    stderr = pd.to_numeric(ok[f"{source}_stderr"], errors="coerce")[job] if f"{source}_stderr" in ok else None
+    if block == "eval" and stderr is not None and pd.notna(stderr):
+        half = NormalDist().inv_cdf(1 - bootstrap.alpha / 2) * stderr
+        return ValueInterval(value - half, value + half, "stderr")
+    return None
+
+
 def _interval(
     ok: pd.DataFrame, row: Row, source: str, values: pd.Series, samples: dict[str, pd.DataFrame], bootstrap
 ) -> ValueInterval | None:
@@ -326,19 +358,8 @@ def _interval(
     if len(finite) >= 2:
         interval = t_interval(list(finite), bootstrap.confidence)
         return ValueInterval(interval.low, interval.high, "seeds")
-    if len(finite) != 1 or not source.startswith("eval."):
-        return None
-    job = finite.index[0]
-    frame = samples.get(ok["job_dir"][job])
-    _, task, metric = source.split(".", 2)
-    if frame is not None:
-        rows = frame[(frame["phase"] == "after") & (frame["task"] == task) & (frame["metric"] == metric)]
-        if len(rows) >= MIN_DOCUMENTS:
-            return ValueInterval(*_document_interval(rows, bootstrap), "documents")
-    stderr = pd.to_numeric(pd.Series([ok.get(f"{source}_stderr", pd.Series(dtype=float)).get(job)]))[0]
-    if pd.notna(stderr):
-        half = NormalDist().inv_cdf(1 - bootstrap.alpha / 2) * stderr
-        return ValueInterval(finite.iloc[0] - half, finite.iloc[0] + half, "stderr")
+    if len(finite) == 1 and source.split(".")[0] in _EVAL_BLOCKS:
+        return _job_interval(ok, finite.index[0], source, finite.iloc[0], samples, bootstrap)
     return None
 
 

@@ -50,7 +50,7 @@ def _cell(stats: Statistics, index: int, metric: Metric, mean: float, best: int 
 def _legend(stats: Statistics, metrics: list[Metric], bold: int) -> str:
     methods = sorted({i.method for i in stats.intervals.values()})
     intervals = "; ".join(_INTERVALS[m] for m in methods) or "none could be computed"
-    test = f"paired comparisons, p < {stats.bootstrap.alpha:g}"
+    test = f"paired comparisons, p < {stats.bootstrap.alpha:g}; a column nothing is paired on is never bold"
     highlight = (
         f"Bold: significantly better than every other row ({test}); {bold} column(s) have such a row."
         if bold
