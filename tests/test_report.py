@@ -373,3 +373,16 @@ def test_weight_error_is_a_column_lower_is_better() -> None:
     (error,) = [m for m in metrics if m.role == "weight_error"]
     assert frame[error.header].tolist() == [0.09, 0.12]
     assert error.header == "weight error (rel. RMS) ↓"
+
+
+def test_unclear_difference_says_how_many_seeds_would_tell(report: tuple[int, str, Path]) -> None:
+    """nf4 vs fp4 on ARC over 2 seeds is not significant; the finding says how much data would settle it."""
+    out = report[2]
+    table = pd.read_csv(out / "comparisons.csv")
+    row = table[(table["config"] == "nf4") & (table["reference"] == "fp4") & (table["metric"] == "acc_norm")]
+    (n, delta, mde, significant) = row[["n", "delta", "mde", "significant"]].iloc[0]
+    assert not significant and n == 2
+    needed = math.ceil(n * (mde / abs(delta)) ** 2)
+    line = next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("- nf4 vs fp4, arc"))
+    assert "no significant difference at n=2 seeds" in line
+    assert f"MDE {100 * mde:.1f} points; ≈{needed} seeds would detect a difference this size" in line

@@ -99,10 +99,15 @@ def _finding(comparison: Comparison, rows: list[Row], metric: Metric) -> str:
         return f"{what}: {_signed(e.delta * scale, digits)}{unit} at {where}, too few to test (no CI, no p)."
     if e.significant:
         return f"{what}: {delta}, {_p(e.p_value)} ({where}; {e.method})."
-    mde = (
-        f"MDE {e.mde * scale:.{digits}f}{unit}" if math.isfinite(e.mde) else "MDE unknown (no pair differed)"
+    unclear = f"{what}: no significant difference at {where} ({delta}, {_p(e.p_value)})"
+    if not math.isfinite(e.mde):
+        return f"{unclear}; MDE unknown (no pair differed)."
+    needed = (
+        f"; ≈{e.n_to_detect(e.delta)} {comparison.units} would detect a difference this size"
+        if e.delta
+        else ""
     )
-    return f"{what}: no significant difference at {where} ({delta}, {_p(e.p_value)}); {mde}."
+    return f"{unclear}; MDE {e.mde * scale:.{digits}f}{unit}{needed}."
 
 
 _LOSS_METRIC = Metric("training loss per step after warm-up (nats)", "loss", LOWER, 3, LOSS, unit="nats")
