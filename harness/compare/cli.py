@@ -13,7 +13,7 @@ from harness.compare.errors import CompareInputError
 from harness.compare.inputs import NON_KEY_COLUMNS
 from harness.compare.render import to_json, to_markdown
 from harness.compare.tolerances import DEFAULT_TOLERANCES, load_tolerances
-from harness.stats.paired import DEFAULT_BOOTSTRAP, Bootstrap
+from harness.stats.paired import add_bootstrap_options, bootstrap_from_args
 
 THROUGHPUT_METRICS = ("train.tokens_per_s",)
 
@@ -89,20 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fail on throughput drops too ({', '.join(THROUGHPUT_METRICS)}); "
         "machines are noisy, so by default they are only reported",
     )
-    parser.add_argument(
-        "--resamples",
-        type=int,
-        default=DEFAULT_BOOTSTRAP.resamples,
-        metavar="N",
-        help="bootstrap resamples of each paired CI (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT_BOOTSTRAP.seed,
-        metavar="S",
-        help="bootstrap seed, recorded in the output (default: %(default)s)",
-    )
+    add_bootstrap_options(parser)
     parser.add_argument(
         "--gate",
         action="append",
@@ -118,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     gates = [*args.gate, *(THROUGHPUT_METRICS if args.gate_throughput else ())]
-    try:
-        bootstrap = Bootstrap(resamples=args.resamples, seed=args.seed)
-    except ValueError as exc:
-        parser.error(str(exc))
+    bootstrap = bootstrap_from_args(parser, args)
     try:
         tolerances = load_tolerances(args.tolerances).with_gates(gates)
         comparison = compare_results([args.baseline], [args.current], tolerances, bootstrap)

@@ -14,6 +14,7 @@ confidence), so a number in a report can be reproduced.
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -50,6 +51,21 @@ class Bootstrap:
 
 
 DEFAULT_BOOTSTRAP = Bootstrap()
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    """``--resamples`` and ``--seed``, spelt the same in every command that reports paired CIs."""
+    for name, what in (("resamples", "bootstrap resamples of each paired CI"), ("seed", "bootstrap seed")):
+        default = getattr(DEFAULT_BOOTSTRAP, name)
+        parser.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default: %(default)s)")
+
+
+def bootstrap_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Bootstrap:
+    """The :class:`Bootstrap` the options ask for; a bad value is a usage error naming it (exit 2)."""
+    try:
+        return Bootstrap(resamples=args.resamples, seed=args.seed)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 @dataclass(frozen=True)
