@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.report.table import load_results
+from harness.report import load_results
 
 BENCH = [sys.executable, "-c", "from harness.cli import bench; bench()"]
 
