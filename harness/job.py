@@ -33,7 +33,8 @@ from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.result import JobResult, config_hash
 from harness.stats.samples import write_samples
 from harness.train.loop import TrainResult, train
-from harness.train.memory_model import ModelShape, current_rss_bytes, estimate_peak_memory
+from harness.train.memory_model import ModelShape, estimate_peak_memory
+from harness.train.meters import give_back_freed_memory, rss_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,9 +130,10 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
     with timer("data"):
         records = load_records(job.data)
 
-    baseline_rss = current_rss_bytes()  # libraries and data: the memory model's CPU baseline
+    give_back_freed_memory()  # frees go back to the OS from here on: the resident set follows live tensors
+    baseline_rss = rss_bytes()  # libraries and data: the memory model's CPU baseline
     with timer("load"):
-        loaded = load_model(job.model, dtype)
+        loaded = load_model(job.model, dtype, stream_weights=True)
     result.caveats.extend(loaded.caveats)
     result.model = {"source": loaded.source, "max_seq_len": loaded.max_seq_len}
     if job.train.seq_len > loaded.max_seq_len:
@@ -152,6 +154,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
             device,
             list(job.quant.skip_modules),
             job.quant.codebook,
+            checkpoint=loaded.checkpoint,
         )
     result.quant = asdict(summary)
     _inject_fault(job.fault)
@@ -168,7 +171,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
     estimate = _auxiliary(
         result,
         "memory estimate",
-        lambda: _memory_estimate(job, loaded.model.config, targets, trained, dtype, device, baseline_rss),
+        lambda: _memory_estimate(job, loaded.model, targets, trained, dtype, device, baseline_rss),
     )
     result.train = {**trained.to_json(), **(estimate or {})}
     result.lora = {
@@ -195,7 +198,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
 
 def _memory_estimate(
     job: JobConfig,
-    model_config,
+    model: torch.nn.Module,
     targets: list[str],
     trained: TrainResult,
     dtype: torch.dtype,
@@ -207,7 +210,7 @@ def _memory_estimate(
     if trained.largest_batch is None:
         return {}
     estimate = estimate_peak_memory(
-        ModelShape.from_config(model_config),
+        ModelShape.from_model(model),
         job.quant,
         job.lora,
         job.train,

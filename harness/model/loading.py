@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from harness.config import ModelConfig
+from harness.model.checkpoint import ShardedCheckpoint
 from harness.model.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class LoadedModel:
     source: str  # shipped-gguf | tiny | local | hub
     max_seq_len: int
     caveats: list[str] = field(default_factory=list)
+    # set when the parameters are still on the meta device: replace_linear_layers reads them from here
+    checkpoint: ShardedCheckpoint | None = None
 
 
 class ModelSourceError(ValueError):
@@ -154,19 +157,60 @@ def _resolve_source(cfg: ModelConfig) -> tuple[str, str, list[str]]:
     return "hub", name, []
 
 
-def load_model(cfg: ModelConfig, dtype: torch.dtype) -> LoadedModel:
-    """Load the base model on the CPU in ``dtype``; the caller quantizes it and moves it to the device."""
+def _empty_model(location: str, checkpoint: ShardedCheckpoint, dtype: torch.dtype, **kwargs):
+    """The model with its parameters on the meta device (buffers such as rotary frequencies are real), or
+    None when the checkpoint's tensor names do not match its parameters one to one (the eager path then
+    loads it, with transformers' key conversions)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, **kwargs)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, trust_remote_code=kwargs["trust_remote_code"]
+        )
+    model.tie_weights()
+    aliases: dict[int, set[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(param), set()).add(name)
+    stored = set(checkpoint.files)
+    missing = [sorted(names)[0] for names in aliases.values() if not names & stored]
+    unexpected = sorted(stored - {n for names in aliases.values() for n in names})  # buffers too
+    if missing or unexpected:
+        log.info(
+            "streaming load not possible (missing %s, unexpected %s): loading eagerly",
+            missing[:3],
+            unexpected[:3],
+        )
+        return None
+    return model
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype, stream_weights: bool = False) -> LoadedModel:
+    """Load the base model on the CPU in ``dtype``; the caller quantizes it and moves it to the device.
+
+    ``stream_weights``: a local safetensors model comes back with its parameters on the meta device and
+    ``LoadedModel.checkpoint`` set; ``replace_linear_layers(..., checkpoint=...)`` then reads, quantizes
+    and drops one layer at a time, so the full-precision model is never in memory. Other sources (the tiny
+    model, a hub id, other file formats) load eagerly as before.
+    """
     if cfg.name_or_path == TINY:
         model, tokenizer = build_tiny_model()
         return LoadedModel(model.to(dtype), tokenizer, "tiny", model.config.max_position_embeddings)
     source, location, caveats = _resolve_source(cfg)
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    checkpoint = ShardedCheckpoint.find(location) if stream_weights and source != "hub" else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
+        model = _empty_model(location, checkpoint, dtype, **kwargs) if checkpoint else None
+        if model is None:
+            checkpoint = None
+            model = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, low_cpu_mem_usage=True, **kwargs
+            )
     except OSError as exc:
         raise ModelSourceError(f"could not load model {cfg.name_or_path!r} ({source}): {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     max_len = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
-    return LoadedModel(model, tokenizer, source, int(max_len), caveats)
+    return LoadedModel(model, tokenizer, source, int(max_len), caveats, checkpoint)

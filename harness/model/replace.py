@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from harness.model.checkpoint import ShardedCheckpoint
 from harness.quant import frozen_linear, reconstruction_error, storage_bytes, weight_error_summary
 
 
@@ -60,13 +61,14 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
-def _is_skipped(name: str, skip_modules: list[str]) -> bool:
+def is_skipped(name: str, skip_modules: list[str]) -> bool:
+    """Whether layer ``name`` (a full module name) is one of ``skip_modules`` (full names or suffixes)."""
     return any(name == skip or name.endswith(f".{skip}") for skip in skip_modules)
 
 
 def quantizable_layer_names(model: nn.Module, skip_modules: list[str]) -> list[str]:
     """The linear layers a storage type will replace: all but ``skip_modules`` (lm_head by default)."""
-    return [name for name in linear_module_names(model) if not _is_skipped(name, skip_modules)]
+    return [name for name in linear_module_names(model) if not is_skipped(name, skip_modules)]
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -83,19 +85,23 @@ def replace_linear_layers(
     device: torch.device,
     skip_modules: list[str],
     codebook: list[float] | None = None,
+    checkpoint: ShardedCheckpoint | None = None,
 ) -> QuantizationSummary:
     """Quantize every linear layer except ``skip_modules`` in place, one layer at a time on ``device``.
 
     Layer-by-layer keeps peak memory near the quantized size instead of holding a full-precision copy
     of the whole model on the accelerator. Everything else (embeddings, norms, skipped layers) is frozen
     and moved to ``device`` in ``compute_dtype``. ``codebook``: the levels of storage ``codebook``.
+    ``checkpoint`` (a model loaded with ``stream_weights``, parameters on meta): each layer is read from it
+    just before it is quantized, shard by shard, so the full-precision model is never in memory at once.
     """
     targets = quantizable_layer_names(model, skip_modules)
     skipped = [n for n in linear_module_names(model) if n not in targets]
     total_bytes = total_params = 0
     errors: dict[str, tuple[float, float]] = {}
-    for name in tqdm(targets, desc=f"quantize {storage}", unit="layer", leave=False):
-        linear = as_linear(model.get_submodule(name)).to(device)
+    order = sorted(targets, key=lambda n: checkpoint.shard_position(f"{n}.weight")) if checkpoint else targets
+    for name in tqdm(order, desc=f"quantize {storage}", unit="layer", leave=False):
+        linear = as_linear(_materialized(model.get_submodule(name), name, checkpoint)).to(device)
         frozen = frozen_linear(linear, storage, blocksize, double_quant, compute_dtype, codebook)
         errors[name] = reconstruction_error(linear.weight, frozen)
         _set_submodule(model, name, frozen)
@@ -104,7 +110,7 @@ def replace_linear_layers(
         total_params += nparams
     for param in model.parameters():
         param.requires_grad_(False)
-    _move_unquantized(model, device, compute_dtype, quantized=set(targets))
+    _move_unquantized(model, device, compute_dtype, quantized=set(targets), checkpoint=checkpoint)
     return QuantizationSummary(
         storage=storage,
         blocksize=blocksize,
@@ -118,16 +124,41 @@ def replace_linear_layers(
     )
 
 
+def _materialized(module: nn.Module, name: str, checkpoint: ShardedCheckpoint | None) -> nn.Module:
+    """``module`` with its own parameters read from ``checkpoint`` in the dtype it was built in (the eager
+    path's numbers); as it is when the model is in memory already."""
+    if checkpoint is None:
+        return module
+    for key, param in module._parameters.items():
+        if param is not None:
+            stored = checkpoint.read(f"{name}.{key}").to(param.dtype)
+            module._parameters[key] = nn.Parameter(stored, requires_grad=False)
+    return module
+
+
+def _stored_names(model: nn.Module, checkpoint: ShardedCheckpoint | None) -> dict[int, str]:
+    """Parameter id -> the name its tensor is stored under (tied parameters are stored once)."""
+    if checkpoint is None:
+        return {}
+    names = model.named_parameters(remove_duplicate=False)
+    return {id(param): name for name, param in names if name in checkpoint.files}
+
+
 def _move_unquantized(
-    model: nn.Module, device: torch.device, dtype: torch.dtype, quantized: set[str]
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantized: set[str],
+    checkpoint: ShardedCheckpoint | None = None,
 ) -> None:
     """Move the layers that were not quantized to ``device`` and cast their floating parameters to ``dtype``.
 
     The quantized layers were built on ``device`` already and are left alone: ``model.to(dtype)`` would
     cast their fp32 quantization constants. Tied parameters (lm_head and embeddings) stay tied. Each kept
     parameter is a copy: a view into the checkpoint's memory map would keep the whole file (the replaced
-    full-precision weights included) resident.
+    full-precision weights included) resident. Parameters still on meta are read from ``checkpoint``.
     """
+    stored = _stored_names(model, checkpoint)
     moved: dict[int, nn.Parameter] = {}
     for name, module in model.named_modules():
         if name in quantized:
@@ -136,8 +167,10 @@ def _move_unquantized(
             if param is None:
                 continue
             if id(param) not in moved:
+                data = checkpoint.read(stored[id(param)]) if param.is_meta else param.data
                 target = dtype if param.is_floating_point() else param.dtype
-                moved[id(param)] = nn.Parameter(param.data.to(device, target, copy=True), requires_grad=False)
+                copied = data.to(device, target, copy=not param.is_meta)  # a read tensor is fresh already
+                moved[id(param)] = nn.Parameter(copied, requires_grad=False)
             module._parameters[key] = moved[id(param)]
         for key, buf in module._buffers.items():
             if buf is not None:

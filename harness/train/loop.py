@@ -15,7 +15,7 @@ from harness.config import TrainConfig
 from harness.data.collate import collate
 from harness.data.instruct import IGNORE_INDEX, TokenizedExample, batch_order
 from harness.train.memory_model import BatchShape
-from harness.train.meters import peak_memory, reset_peak_memory
+from harness.train.meters import give_back_freed_memory, peak_memory, reset_peak_memory
 from harness.train.optim import build_optimizer
 
 # Model types whose causal-LM logits are exactly lm_head(final hidden state), with nothing scaled or capped.
@@ -100,6 +100,47 @@ def _grown(shape: BatchShape | None, batch: dict[str, torch.Tensor], logit_rows:
     return BatchShape(max(shape.rows, rows), max(shape.width, width), max(shape.logit_rows, logit_rows))
 
 
+@dataclass
+class TrainingSetup:
+    """A model ready to train: its trainable parameters, their optimizer, and how the loss is taken."""
+
+    model: torch.nn.Module
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    response_rows: bool
+    max_grad_norm: float
+
+
+def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSetup:
+    """Optimizer over the trainable (LoRA) parameters, checkpointing as configured, train mode; frees what
+    loading left behind, so the training peak starts from the live model (``give_back_freed_memory``)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers also hooks the embeddings' output to require grad, which only reentrant checkpointing
+        # needs; left on, backward computes an unused input gradient through the first block
+        model.disable_input_require_grads()
+    model.config.use_cache = False
+    model.train()
+    give_back_freed_memory()
+    return TrainingSetup(model, trainable, optimizer, response_rows_only(model), cfg.max_grad_norm)
+
+
+def train_step(setup: TrainingSetup, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """One optimizer step over ``micro_batches`` (on the device), gradients accumulated; returns the mean
+    loss, detached and left on the device (reading it would synchronise)."""
+    total = torch.zeros((), device=micro_batches[0]["input_ids"].device)
+    for batch in micro_batches:
+        loss = causal_lm_loss(setup.model, batch, setup.response_rows) / len(micro_batches)
+        loss.backward()
+        total += loss.detach()
+    torch.nn.utils.clip_grad_norm_(setup.trainable, setup.max_grad_norm)
+    setup.optimizer.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    return total
+
+
 def train(
     model: torch.nn.Module,
     examples: list[TokenizedExample],
@@ -114,16 +155,7 @@ def train(
     Losses stay on the device and are read back every ``log_every`` steps, so CUDA is not synchronised
     on every step; tokens/s is total trained tokens over wall time after ``warmup_steps_excluded``.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(trainable, cfg)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # transformers also hooks the embeddings' output to require grad, which only reentrant checkpointing
-        # needs; left on, backward computes an unused input gradient through the first block
-        model.disable_input_require_grads()
-    response_rows = response_rows_only(model)
-    model.config.use_cache = False
-    model.train()
+    setup = prepare_for_training(model, cfg)
     batches = batch_order(examples, cfg.batch_size, cfg.group_by_length, seed)
     reset_peak_memory(device)
     pending: list[torch.Tensor] = []
@@ -140,23 +172,18 @@ def train(
             _sync(device)
             measured_start = time.perf_counter()
         step_start = time.perf_counter()
-        step_loss = torch.zeros((), device=device)
+        micro_batches = []
         for _ in range(cfg.grad_accum):
             cpu_batch = collate([examples[i] for i in next(batches)], pad_token_id)
             n = int(cpu_batch["attention_mask"].sum())  # counted on the host: no device sync
             targets = int((cpu_batch["labels"] != IGNORE_INDEX).sum())
             tokens += n
             target_tokens += targets
-            largest = _grown(largest, cpu_batch, targets if response_rows else cpu_batch["labels"].numel())
-            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
-            loss = causal_lm_loss(model, batch, response_rows) / cfg.grad_accum
-            loss.backward()
-            step_loss += loss.detach()
             measured_tokens += n if step >= measure_from else 0
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        pending.append(step_loss)
+            logit_rows = targets if setup.response_rows else cpu_batch["labels"].numel()
+            largest = _grown(largest, cpu_batch, logit_rows)
+            micro_batches.append({k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()})
+        pending.append(train_step(setup, micro_batches))
         step_times.append(time.perf_counter() - step_start)
         if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
             losses += _check_finite(pending, step + 1 - len(pending))
@@ -175,7 +202,7 @@ def train(
         step_time_s_median=statistics.median(measured) if measured else 0.0,
         loss=losses,
         memory=peak_memory(device),
-        trainable_params=sum(p.numel() for p in trainable),
+        trainable_params=sum(p.numel() for p in setup.trainable),
         gradient_checkpointing=cfg.gradient_checkpointing,
         largest_batch=largest,
     )

@@ -1,7 +1,10 @@
 """Analytic peak training memory of a QLoRA job: say before a run whether a setting fits, and explain a
 measured peak term by term.
 
-The model is a Llama-style decoder (RMSNorm, attention with grouped KV heads, gated MLP) with LoRA on the
+The model's linear layers and their shapes are read from the model itself (any names: ``q_proj``,
+``query_key_value``, ``gate_up_proj``); what the frozen path between them saves for backward is modelled
+for the decoder families in ``MODELLED_FAMILIES`` (RMSNorm, attention with grouped KV heads, gated MLP),
+and any other family raises ``UnmodelledFamilyError`` (a job records it as a caveat). LoRA sits on the
 chosen linear layers, trained the way ``harness.train.loop`` trains it. Activations count what autograd
 really saves: the harness's DequantMatmul saves no input for the frozen weight, so a LoRA target costs its
 dropout mask and dropped input (saved by lora_A for its weight gradient) plus the rank-r activation, and the
@@ -10,18 +13,20 @@ each layer's input is kept, and one layer is recomputed at a time in backward.
 
 The peak is the largest of three moments of a step (every one after the first, when the optimizer state
 exists): the loss (all saved activations plus the logits/cross-entropy buffers), the backward of a
-recomputed layer, and the optimizer step. On CPU the measured peak is the resident set, so two more terms
-count: the process's baseline (libraries, data; measured before the model is loaded) and what glibc's
-heap keeps of freed activations (``HEAP_RETENTION``, fitted to measurements, see reports/perf/).
+recomputed layer, and the optimizer step. On CPU the measured peak is the resident set, so one more term
+counts: the process's baseline (libraries, data; measured before the model is loaded). What glibc's heap
+used to keep of freed activations (up to a forward pass's worth) is given back by
+``harness.train.meters.give_back_freed_memory`` instead of being fitted here (reports/perf/).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from torch import nn
 
+from harness.model.replace import is_skipped
 from harness.quant import FOUR_BIT_TYPES, theoretical_bits_per_param
 
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 (get_peft_model's autocast_adapter_dtype)
@@ -30,34 +35,26 @@ LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
 # one byte each plus an fp32 absmax per block of 256.
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8bit": 2 * (1 + 4 / 256)}
 STORAGE_BITS = {"int8": 8.0, "bf16": 16.0, "fp16": 16.0, "fp32": 32.0}
-# Which activation each linear layer of a block reads: targets sharing an input share it when dropout is 0.
-LINEAR_INPUTS = {
-    "q_proj": "attention_in",
-    "k_proj": "attention_in",
-    "v_proj": "attention_in",
-    "o_proj": "attention_out",
-    "gate_proj": "mlp_in",
-    "up_proj": "mlp_in",
-    "down_proj": "mlp_hidden",
-}
+# Families whose frozen path block_saved describes: RMSNorm, SDPA over grouped KV heads, SiLU-gated MLP.
+MODELLED_FAMILIES = ("llama", "mistral", "qwen2")
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
 LOSS_BUFFERS = 3
 # Backward of a recomputed layer: gradients of the MLP's intermediate activations (down_proj input, SiLU
 # output, up and gate outputs) overlap before they are reduced to the hidden size.
 BACKWARD_INTERMEDIATE_BUFFERS = 4
-# CPU only, fitted: glibc's heap does not give back the chunks that a step's temporaries freed between
-# longer-lived tensors, so a job's resident set stays above its live tensors by about the activations one
-# forward pass without checkpointing would save: measured 0.87-1.09 of them over nine SmolLM2-135M jobs
-# (r 16/64, checkpointing on/off, 4 x 199 tokens; reports/perf/). CUDA's allocator statistic counts live
-# tensors only.
-HEAP_RETENTION = 1.0
+
+
+class UnmodelledFamilyError(ValueError):
+    """The memory model does not describe this model family's frozen path (the job records a caveat)."""
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The dimensions of a Llama-style causal LM that its memory depends on."""
+    """The dimensions of a causal LM that its memory depends on; ``linears`` are one block's linear layers
+    as the model has them: (full name in the first block, in_features, out_features)."""
 
+    linears: tuple[tuple[str, int, int], ...]
     hidden: int
     intermediate: int
     layers: int
@@ -68,9 +65,19 @@ class ModelShape:
     tied_embeddings: bool
 
     @classmethod
-    def from_config(cls, config) -> ModelShape:
+    def from_model(cls, model: nn.Module) -> ModelShape:
+        """Read the shape from a model (plain, quantized or wrapped by peft); ``UnmodelledFamilyError`` for
+        a family outside ``MODELLED_FAMILIES``."""
+        config = model.config
+        family = getattr(config, "model_type", type(model).__name__)
+        if family not in MODELLED_FAMILIES:
+            raise UnmodelledFamilyError(
+                f"no memory estimate for model_type {family!r}: the memory model describes the frozen path "
+                f"of {MODELLED_FAMILIES} (RMSNorm, grouped-KV attention, gated MLP) only"
+            )
         heads = config.num_attention_heads
         return cls(
+            linears=block_linears(model, config.num_hidden_layers),
             hidden=config.hidden_size,
             intermediate=config.intermediate_size,
             layers=config.num_hidden_layers,
@@ -81,19 +88,40 @@ class ModelShape:
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         )
 
-    def linears(self) -> dict[str, tuple[int, int]]:
-        """(in_features, out_features) of each linear layer of one decoder block, by leaf name."""
-        h, i = self.hidden, self.intermediate
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
+    def leaf(self, name: str) -> str:
+        return name.rsplit(".", 1)[-1]
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a linear layer of any kind: nn.Linear, QuantLinear, bitsandbytes' layers, peft's LoRA
+    wrappers (they carry in/out_features), GPT-2's Conv1D (weight stored in x out)."""
+    if isinstance(getattr(module, "in_features", None), int) and isinstance(
+        getattr(module, "out_features", None), int
+    ):
+        return module.in_features, module.out_features
+    if hasattr(module, "nf") and getattr(module, "weight", None) is not None:
+        return tuple(module.weight.shape)
+    return None
+
+
+def block_linears(model: nn.Module, layers: int) -> tuple[tuple[str, int, int], ...]:
+    """The linear layers of the first decoder block (the first ModuleList of ``layers`` blocks), by full
+    name; LoRA's own layers and peft's ``base_layer`` are parts of a wrapped layer, not layers."""
+    blocks = next(
+        (name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == layers),
+        None,
+    )
+    if blocks is None:
+        raise UnmodelledFamilyError(f"no list of {layers} decoder blocks in {type(model).__name__}")
+    prefix = f"{blocks}.0."
+    found = []
+    for name, module in model.named_modules():
+        if not name.startswith(prefix) or "lora_" in name or name.endswith(".base_layer"):
+            continue
+        shape = _linear_shape(module)
+        if shape:
+            found.append((name, *shape))
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -109,15 +137,6 @@ class BatchShape:
         return self.rows * self.width
 
 
-def current_rss_bytes() -> int:
-    """The process's resident set now (0 where /proc is missing): the baseline before the model is loaded."""
-    status = Path("/proc/self/status")
-    if not status.exists():
-        return 0
-    line = next((x for x in status.read_text().splitlines() if x.startswith("VmRSS:")), None)
-    return int(line.split()[1]) * 1024 if line else 0
-
-
 def weight_bits(storage: str, blocksize: int, double_quant: bool) -> float:
     """Stored bits per frozen weight parameter (codes and block constants; codebooks do not scale)."""
     if storage in FOUR_BIT_TYPES:
@@ -125,16 +144,12 @@ def weight_bits(storage: str, blocksize: int, double_quant: bool) -> float:
     return STORAGE_BITS[storage]
 
 
-def _is_skipped(leaf: str, skip_modules) -> bool:
-    return any(leaf == skip or skip.endswith(f".{leaf}") for skip in skip_modules)
-
-
 def weight_terms(shape: ModelShape, quant, compute_bytes: int) -> dict[str, int]:
     """Frozen weights: quantized linear layers at their storage's bits/param, the rest in compute dtype."""
     bits = weight_bits(quant.storage, quant.blocksize, quant.double_quant)
     quantized = skipped = 0
-    for leaf, (fan_in, fan_out) in shape.linears().items():
-        if _is_skipped(leaf, quant.skip_modules):
+    for name, fan_in, fan_out in shape.linears:
+        if is_skipped(name, list(quant.skip_modules)):
             skipped += fan_in * fan_out
         else:
             quantized += fan_in * fan_out
@@ -148,21 +163,19 @@ def weight_terms(shape: ModelShape, quant, compute_bytes: int) -> dict[str, int]
 
 def lora_params(shape: ModelShape, rank: int, targets: list[str]) -> int:
     """Trainable parameters: r x (in + out) per targeted linear layer of every block."""
-    return shape.layers * sum(rank * (i + o) for leaf, (i, o) in shape.linears().items() if leaf in targets)
+    return shape.layers * sum(rank * (i + o) for name, i, o in shape.linears if shape.leaf(name) in targets)
 
 
 def lora_saved(shape: ModelShape, lora, targets: list[str], tokens: int, mask_bytes: int) -> int:
     """Bytes one block's LoRA adapters save for backward.
 
     With dropout each target draws its own mask and keeps its own dropped input (lora_A needs it for its
-    weight gradient); without, lora_A saves the shared input once per distinct input. Plus lora_A's output.
+    weight gradient); without, lora_A saves its input, counted once per target (targets reading the same
+    tensor, q/k/v, share it: an upper bound of a few MiB). Plus lora_A's output.
     """
-    linears = shape.linears()
-    if lora.dropout > 0:
-        inputs = sum(linears[t][0] for t in targets) * (mask_bytes + LORA_BYTES)
-    else:
-        inputs = sum({LINEAR_INPUTS[t]: linears[t][0] for t in targets}.values()) * LORA_BYTES
-    return tokens * (inputs + len(targets) * lora.r * LORA_BYTES)
+    fan_ins = [i for name, i, _ in shape.linears if shape.leaf(name) in targets]
+    per_input = mask_bytes + LORA_BYTES if lora.dropout > 0 else LORA_BYTES
+    return tokens * (sum(fan_ins) * per_input + len(fan_ins) * lora.r * LORA_BYTES)
 
 
 def block_saved(shape: ModelShape, tokens: int, compute_bytes: int) -> int:
@@ -184,10 +197,8 @@ def activation_terms(
     batch: BatchShape,
     compute_bytes: int,
     mask_bytes: int,
-    heap: bool,
 ) -> dict[str, int]:
-    """Saved activations, the recomputed layer, its backward buffers, the loss buffers and (``heap``: on
-    CPU) what the heap retains of freed activations."""
+    """Saved activations, the recomputed layer, its backward buffers and the loss buffers."""
     n = batch.tokens
     layer = block_saved(shape, n, compute_bytes) + lora_saved(shape, lora, targets, n, mask_bytes)
     final_norm = n * shape.hidden * 4
@@ -201,7 +212,6 @@ def activation_terms(
         "layer_recompute": layer if checkpointing else 0,
         "layer_backward_buffers": BACKWARD_INTERMEDIATE_BUFFERS * n * shape.intermediate * compute_bytes,
         "loss_buffers": batch.logit_rows * shape.vocab * (LOSS_BUFFERS * LOSS_BYTES + upcast),
-        "heap_retention": round(HEAP_RETENTION * shape.layers * layer) if heap else 0,
     }
 
 
@@ -236,7 +246,7 @@ def estimate_peak_memory(
         "lora_params": trainable * LORA_BYTES,
         "optimizer_state": 0 if paged else state,
         "lora_grads": trainable * LORA_BYTES,
-        "dequantized_weight": max(i * o for i, o in shape.linears().values()) * compute_bytes,
+        "dequantized_weight": max(i * o for _, i, o in shape.linears) * compute_bytes,
         **activation_terms(
             shape,
             lora,
@@ -245,12 +255,10 @@ def estimate_peak_memory(
             batch,
             compute_bytes,
             dropout_mask_bytes,
-            heap=device.type == "cpu",
         ),
     }
     resident = sum(
-        terms[k]
-        for k in ("baseline_rss", "heap_retention", "quantized_weights", "unquantized_params", "lora_params")
+        terms[k] for k in ("baseline_rss", "quantized_weights", "unquantized_params", "lora_params")
     )
     resident += terms["optimizer_state"]
     phases = {

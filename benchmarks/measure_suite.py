@@ -1,6 +1,6 @@
 """Time an eval group (conf/eval/<group>.yaml) task by task on the shipped SmolLM2-135M, fp32, this CPU.
 
-Usage: ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python reports/eval/measure_suite.py paper [task ...]``
+Usage: ``HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/measure_suite.py paper [task ...]``
 (only the named tasks of the group, when given); prints a Markdown table. The model is the plain loaded
 model (no re-quantization, no LoRA): the numbers size ``limit``.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -18,8 +17,9 @@ from omegaconf import OmegaConf
 from harness.config import EvalConfig, ModelConfig
 from harness.evaluate import evaluate_model
 from harness.model.loading import load_model
+from harness.paths import CONF_DIR
 
-CONF_EVAL = Path(__file__).resolve().parents[2] / "conf" / "eval"
+CONF_EVAL = CONF_DIR / "eval"
 
 
 def group_config(group: str) -> EvalConfig:
@@ -36,7 +36,10 @@ def main(group: str, only: list[str]) -> None:
     total = 0.0
     for task in [t for t in cfg.tasks if not only or t in only]:
         start = time.perf_counter()
-        scores = evaluate_model(loaded.model, loaded.tokenizer, dataclasses.replace(cfg, tasks=[task]), None)
+        evaluation = evaluate_model(
+            loaded.model, loaded.tokenizer, dataclasses.replace(cfg, tasks=[task]), None
+        )
+        scores = evaluation.metrics
         seconds = time.perf_counter() - start
         total += seconds
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in scores[task].items() if k != "n")

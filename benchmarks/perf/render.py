@@ -1,0 +1,159 @@
+"""The Markdown report: setup, the paths side by side with their fraction of the training limit, the goals
+(met or missed by how much), the harness job's memory breakdown against the memory model, losses."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+
+import torch
+
+from benchmarks.perf.paths import DATA, LORA_ALPHA, LORA_DROPOUT, LR, MAX_GRAD_NORM, MODEL, Settings
+from harness.device import device_name
+
+GOALS = {"speed": 1.5, "limit": 0.60, "memory": 0.7}  # harness vs standard, fraction of limit, peak ratio
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.0f}"
+
+
+def load(values) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def header(s: Settings, limit: dict, seconds: float) -> str:
+    device, dtype = s.device_and_dtype()
+    memory = (
+        "max_memory_allocated" if device.type == "cuda" else "peak resident set (VmHWM reset at train start)"
+    )
+    versions = ", ".join(
+        f"{name} {__import__(name).__version__}" for name in ("torch", "transformers", "peft", "bitsandbytes")
+    )
+    setup = (
+        f"{MODEL}, NF4 + double quant, block 64, LoRA r {s.rank} alpha {LORA_ALPHA} dropout {LORA_DROPOUT} "
+        f"all-linear, batch {s.batch_size}, seq len ≤ {s.seq_len}, {s.warmup} warm-up + {s.steps} measured "
+        f"steps, {str(dtype).removeprefix('torch.')} compute on every path, gradient checkpointing "
+        f"{'on' if s.checkpointing else 'off'}, AdamW lr {LR}, max grad norm {MAX_GRAD_NORM}, seed {s.seed}; "
+        f"data {DATA}, the same batches in the same order on every path"
+    )
+    return "\n".join(
+        [
+            f"# Training throughput and memory: standard path vs qlora-bench ({device.type.upper()})",
+            "",
+            f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
+            f"- command: `{shlex.join(sys.orig_argv)}`",
+            f"- machine: {device_name(device)}, {os.cpu_count()} cores, torch threads "
+            f"{torch.get_num_threads()}, capability {torch.backends.cpu.get_cpu_capability()}; {versions}, "
+            f"python {platform.python_version()}",
+            f"- setup: {setup}; total run {seconds:.0f} s",
+            f"- limit: F.linear on the model's layer shapes measured {limit['rate'] / 1e9:.0f} GFLOP/s in "
+            f"{str(dtype).removeprefix('torch.')} in this run; {limit['flops_per_token'] / 1e6:.0f} MFLOP "
+            f"per token forward (linear layers + head), so training reaches at most "
+            f"**{limit['tokens_per_s']:.0f} tokens/s** with checkpointing (3x forward) and "
+            f"{limit['tokens_per_s_no_ckpt']:.0f} without (2x); attention scores, norms and LoRA are left "
+            "out",
+            f"- tokens/s: non-padding tokens per second after the warm-up; peak memory: {memory}; load: "
+            "1/5/15-min load average before → after the run (above the core count, other jobs shared the "
+            "cores)",
+        ]
+    )
+
+
+def results_table(results: dict[str, dict], limit: float) -> str:
+    rows = [
+        [
+            name,
+            f"**{r['tokens_per_s']:.1f}** ({', '.join(f'{v:.1f}' for v in r['tokens_per_s_runs'])})",
+            f"{r['tokens_per_s'] / limit:.0%}",
+            f"{r['step_s_median']:.2f}",
+            ", ".join(mib(v) for v in r["peak_memory_bytes_runs"]),
+            f"{r['loss'][-1]:.4f}",
+            load(r["load_before"]) + " → " + load(r["load_after"]),
+        ]
+        for name, r in results.items()
+    ]
+    headers = [
+        "path",
+        "tokens/s best (runs)",
+        "of limit",
+        "median step s",
+        "peak MiB (runs)",
+        "final loss",
+        "load",
+    ]
+    return table(headers, rows)
+
+
+def goal_line(what: str, value: float, goal: float, higher_is_better: bool, fmt: str) -> str:
+    met = value >= goal if higher_is_better else value <= goal
+    sign = "≥" if higher_is_better else "≤"
+    status = "met" if met else f"**missed** by {abs(value - goal):{fmt}}"
+    return f"- {what}: **{value:{fmt}}** (goal {sign} {goal:{fmt}}: {status})"
+
+
+def goal_lines(results: dict[str, dict], limit: float) -> list[str]:
+    """The issue's goals side by side: harness ≥ 1.5x standard, ≥ 60 % of the limit, peak ≤ 0.7x standard."""
+    standard, harness, bare = (results.get(p) for p in ("standard", "harness", "bare"))
+    lines = []
+    if harness:
+        fraction = harness["tokens_per_s"] / limit
+        lines.append(goal_line("harness of the limit", fraction, GOALS["limit"], True, ".0%"))
+    if standard and harness:
+        speed = harness["tokens_per_s"] / standard["tokens_per_s"]
+        memory = harness["peak_memory_bytes"] / standard["peak_memory_bytes"]
+        lines.append(goal_line("tokens/s harness / standard", speed, GOALS["speed"], True, ".2f"))
+        lines.append(goal_line("peak memory harness / standard", memory, GOALS["memory"], False, ".2f"))
+    if harness and bare:
+        overhead = bare["tokens_per_s"] / harness["tokens_per_s"] - 1
+        lines.append(f"- harness overhead over the bare loop: {overhead:+.1%}")
+    return lines
+
+
+def breakdown(harness: dict) -> str:
+    """The memory model's terms for the harness job beside its measured peak (above the same baseline)."""
+    estimate = harness.get("memory_estimate")
+    if not estimate:
+        return "No memory estimate for the harness job: " + "; ".join(harness.get("caveats", []))
+    terms = estimate["terms"]
+    baseline = terms["baseline_rss"]
+    measured, predicted = harness["peak_memory_bytes"] - baseline, estimate["total"] - baseline
+    rows = [[name, mib(value)] for name, value in terms.items()]
+    rows.append([f"total at the {estimate['peak_phase']} phase", mib(estimate["total"])])
+    rows.append(["measured peak", mib(harness["peak_memory_bytes"])])
+    error = f"{predicted / measured - 1:+.1%}" if measured > 0 else "n/a"
+    return (
+        table(["memory model term", "MiB"], rows)
+        + f"\n\nAbove the pre-load baseline: model {mib(predicted)} MiB, measured {mib(measured)} MiB, error "
+        f"**{error}** (bound ±15 %)."
+    )
+
+
+def loss_table(results: dict[str, dict]) -> str:
+    steps = max(len(r["loss"]) for r in results.values())
+    rows = [
+        [str(i + 1)] + [f"{r['loss'][i]:.4f}" if i < len(r["loss"]) else "" for r in results.values()]
+        for i in range(steps)
+    ]
+    return table(["step", *results], rows)
+
+
+def report(s: Settings, results: dict[str, dict], limit: dict, seconds: float) -> str:
+    ceiling = limit["tokens_per_s"] if s.checkpointing else limit["tokens_per_s_no_ckpt"]
+    sections = [
+        header(s, limit, seconds),
+        results_table(results, ceiling),
+        "\n".join(goal_lines(results, ceiling)),
+    ]
+    if "harness" in results:
+        sections.append("## Memory: the harness job, term by term\n\n" + breakdown(results["harness"]))
+    sections.append("## Loss per step\n\n" + loss_table(results))
+    return "\n\n".join(sections) + "\n"

@@ -1,0 +1,53 @@
+"""Loading with ``stream_weights``: a sharded safetensors model is read layer by layer into the quantized
+model, which then computes exactly what the eagerly loaded and quantized model computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import ModelConfig
+from harness.model.checkpoint import ShardedCheckpoint
+from harness.model.loading import load_model
+from harness.model.replace import replace_linear_layers
+from harness.model.tiny import build_tiny_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def sharded_model_dir(tmp_path):
+    model, tokenizer = build_tiny_model()
+    model.save_pretrained(tmp_path, max_shard_size="40KB")
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def quantized_logits(path, dtype: torch.dtype, stream: bool) -> tuple[torch.Tensor, object]:
+    loaded = load_model(ModelConfig(name_or_path=str(path)), dtype, stream_weights=stream)
+    replace_linear_layers(
+        loaded.model, "nf4", 64, True, dtype, CPU, ["lm_head"], checkpoint=loaded.checkpoint
+    )
+    assert not any(p.is_meta for p in loaded.model.parameters())
+    with torch.no_grad():
+        return loaded.model(torch.arange(3, 40)[None]).logits, loaded
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streamed_load_computes_what_the_eager_load_computes(sharded_model_dir, dtype):
+    assert len(ShardedCheckpoint.find(sharded_model_dir).shards) > 1
+    streamed, loaded = quantized_logits(sharded_model_dir, dtype, stream=True)
+    eager, eager_loaded = quantized_logits(sharded_model_dir, dtype, stream=False)
+    assert loaded.checkpoint is not None and eager_loaded.checkpoint is None
+    assert torch.equal(streamed, eager)
+
+
+def test_checkpoint_reads_each_tensor_as_stored(sharded_model_dir):
+    model, _ = build_tiny_model()
+    checkpoint = ShardedCheckpoint.find(sharded_model_dir)
+    for name, param in model.named_parameters():
+        assert torch.equal(checkpoint.read(name), param.detach()), name
+
+
+def test_a_directory_without_safetensors_has_no_checkpoint(tmp_path):
+    assert ShardedCheckpoint.find(tmp_path) is None
