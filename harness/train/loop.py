@@ -93,7 +93,8 @@ def causal_lm_loss(
     return F.cross_entropy(logits.float(), labels[rows])
 
 
-def _grown(shape: BatchShape | None, batch: dict[str, torch.Tensor], logit_rows: int) -> BatchShape:
+def grow_batch_shape(shape: BatchShape | None, batch: dict[str, torch.Tensor], logit_rows: int) -> BatchShape:
+    """The largest micro-batch so far (rows, width, logit rows each at its maximum): the memory model's."""
     rows, width = batch["input_ids"].shape
     if shape is None:
         return BatchShape(rows, width, logit_rows)
@@ -181,7 +182,7 @@ def train(
             target_tokens += targets
             measured_tokens += n if step >= measure_from else 0
             logit_rows = targets if setup.response_rows else cpu_batch["labels"].numel()
-            largest = _grown(largest, cpu_batch, logit_rows)
+            largest = grow_batch_shape(largest, cpu_batch, logit_rows)
             micro_batches.append({k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()})
         pending.append(train_step(setup, micro_batches))
         step_times.append(time.perf_counter() - step_start)
