@@ -117,6 +117,19 @@ def cpu_model() -> str:
     return names[0] if names else "unknown"
 
 
+def git_commit() -> str:
+    """The checkout's commit, marked dirty when the harness or benchmarks differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "harness", "benchmarks"], cwd=root)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if dirty.returncode else "")
+
+
 def header(dense_ms: float, load_before: tuple[float, ...], seconds: float, x: torch.Tensor) -> str:
     load_after = os.getloadavg()
     return "\n".join(
@@ -124,7 +137,7 @@ def header(dense_ms: float, load_before: tuple[float, ...], seconds: float, x: t
             "# Storage-type benchmark (CPU)",
             "",
             f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-            f"- command: `{shlex.join(sys.orig_argv)}`",
+            f"- command: `{shlex.join(sys.orig_argv)}`, commit {git_commit()}",
             f"- cpu: {cpu_model()} (platform.processor: {platform.processor() or 'empty'}, "
             f"{platform.machine()}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"capability {torch.backends.cpu.get_cpu_capability()}",
