@@ -175,13 +175,14 @@ def _relative_rms(squared_error: float, squares: float) -> float:
 def weight_error_summary(errors: dict[str, tuple[float, float]]) -> dict[str, float | str | None]:
     """||W - deq(Q(W))|| / ||W|| over all quantized parameters together (``rel_rms``: summed squared errors
     over summed squares, so large layers weigh more) and for the worst layer, from each layer's
-    (sum of squared errors, sum of squares) in module order."""
+    (sum of squared errors, sum of squares) in module order. No layer is worst when none has an error."""
     per_layer = {name: _relative_rms(*sums) for name, sums in errors.items()}
-    worst = max(per_layer, key=per_layer.__getitem__) if per_layer else None
+    worst = max(per_layer, key=per_layer.__getitem__, default=None)
+    max_error = per_layer[worst] if worst is not None else 0.0
     return {
         "rel_rms": _relative_rms(sum(e for e, _ in errors.values()), sum(s for _, s in errors.values())),
-        "max_layer_rel_rms": per_layer[worst] if worst is not None else 0.0,
-        "worst_layer": worst,
+        "max_layer_rel_rms": max_error,
+        "worst_layer": worst if max_error > 0 else None,
     }
 
 
