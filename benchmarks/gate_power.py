@@ -208,14 +208,16 @@ def run_fault(name: str, out: Path, baseline: Path, tolerances: Path, boot: Path
     if compare_rc not in (0, 1) or not compare_json.exists():
         note = f"qlora-compare exit {compare_rc}, sweep exit {sweep_rc}: see {sweep_dir}/compare.log"
         return Outcome(name, description, None, [], [], planted, sweep_s, note)
+    from harness.compare.compare import IMPROVED, REGRESSED
+
     rows = json.loads(compare_json.read_text())["rows"]
     metrics = {
         verdict: [f"{r['job']}: {r['metric']}" for r in rows if r["verdict"] == verdict]
-        for verdict in ("regressed", "improved")
+        for verdict in (REGRESSED, IMPROVED)
     }
     note = "" if sweep_rc == 0 else f"sweep exit {sweep_rc} (a job failed)"
     return Outcome(
-        name, description, compare_rc == 1, metrics["regressed"], metrics["improved"], planted, sweep_s, note
+        name, description, compare_rc == 1, metrics[REGRESSED], metrics[IMPROVED], planted, sweep_s, note
     )
 
 
@@ -241,7 +243,51 @@ def _short(items: list[str], limit: int = 4) -> str:
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "") if items else "–"
 
 
-def to_markdown(outcomes: list[Outcome], command: str) -> str:
+# The gated metrics whose run-to-run spread the clean repeats measure (the tolerances are derived from it).
+SPREAD_METRICS = (
+    "quant.bits_per_param",
+    "quant.weight_error.rel_rms",
+    "eval_before.fixed_text_local.bits_per_byte",
+    "eval.fixed_text_local.bits_per_byte",
+    "eval.synthetic_local.acc",
+    "eval.synthetic_local.brier_score",
+    "train.loss_end",
+    "lora.trainable_params",
+    "train.peak_memory_bytes",
+    "train.tokens_per_s",
+)
+
+
+def spread_table(sweep_dirs: list[Path]) -> list[str]:
+    """Per metric, the largest relative range (max - min) / |mean| over the clean runs of any one job."""
+    import pandas as pd
+
+    from harness.report.load import load_results
+
+    tables = [load_results([d]).table.assign(run=d.name) for d in sweep_dirs if d.exists()]
+    if len(tables) < 2:
+        return []
+    table = pd.concat(tables)
+    table = table[table["status"] == "ok"]
+    lines = [
+        "",
+        f"## Run-to-run spread over the {len(tables)} clean runs",
+        "",
+        "Largest (max - min) / |mean| over the runs of one job, and which job; 0 means bit-identical.",
+        "",
+        "| metric | largest relative range | job |",
+        "|---|---|---|",
+    ]
+    for metric in SPREAD_METRICS:
+        if metric not in table:
+            continue
+        by_job = table.groupby("config.quant.storage")[metric].agg(["min", "max", "mean"])
+        rel = ((by_job["max"] - by_job["min"]) / by_job["mean"].abs()).fillna(0.0)
+        lines.append(f"| `{metric}` | {rel.max():.3g} | {rel.idxmax()} |")
+    return lines
+
+
+def to_markdown(outcomes: list[Outcome], command: str, out: Path) -> str:
     faults = [o for o in outcomes if not o.fault.startswith("clean")]
     clean = [o for o in outcomes if o.fault.startswith("clean")]
     caught = sum(bool(o.caught) for o in faults)
@@ -270,6 +316,7 @@ def to_markdown(outcomes: list[Outcome], command: str) -> str:
             f"| {o.fault} | {o.description} | {verdict} | {_short(o.regressions)} | {_short(o.improvements)} "
             f"| {o.planted_processes} | {o.sweep_s:.0f} |" + (f" {o.note}" if o.note else "")
         )
+    lines += spread_table([out / o.fault for o in clean])
     return "\n".join(lines) + "\n"
 
 
@@ -296,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             outcomes.append(outcome)
             args.report.parent.mkdir(parents=True, exist_ok=True)
-            args.report.write_text(to_markdown(outcomes, command))  # partial table survives an interrupt
+            args.report.write_text(
+                to_markdown(outcomes, command, args.out)
+            )  # partial table survives an interrupt
     print(f"table: {args.report}")
     return 0
 
