@@ -16,6 +16,7 @@ import yaml
 from harness.compare import CompareInputError, compare_results, load_tolerances
 from harness.compare.cli import main
 from harness.compare.inputs import canonical
+from harness.compare.render import _fmt
 from harness.report.load import load_results
 from harness.result import JobResult
 from harness.stats import write_report_samples, write_samples
@@ -128,6 +129,7 @@ def test_identical_results_pass_and_every_metric_kind_is_compared(baseline, tmp_
     metrics = {line.split(" | ")[1] for line in job_rows}
     assert metrics == {
         "quant.bits_per_param",
+        "lora.trainable_params",
         "train.tokens_per_s",
         "train.loss_end",
         "train.peak_memory_bytes",
@@ -598,3 +600,12 @@ def test_bad_bootstrap_settings_are_a_usage_error(baseline, capsys):
         main([str(baseline), str(baseline), "--resamples", "10"])
     assert exc.value.code == 2
     assert "resamples must be an int >= 100, got 10" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [(693_473_280, "693,473,280"), (4.3472, "4.3472"), (4.04e80, "4.04e+80"), (math.inf, "inf")],
+)
+def test_table_cells_group_counts_and_keep_huge_values_short(value, cell):
+    """Bytes read with separators; an untrained model's 1e80 word perplexity stays one short cell."""
+    assert _fmt(value) == cell

@@ -64,13 +64,14 @@ def _cells(row: Row) -> list[str]:
 
 
 def _fmt(value: float | str | None, signed: bool = False) -> str:
-    """Counts and bytes with thousands separators, everything else to five significant digits."""
+    """Counts and bytes (1e4 to 1e15) with thousands separators, everything else to five significant digits
+    (an untrained model's word perplexity can be 1e80)."""
     if value is None:
         return "–"
     if isinstance(value, str):
         return value
     sign = "+" if signed else ""
-    return f"{value:{sign},.0f}" if math.isfinite(value) and abs(value) >= 1e4 else f"{value:{sign}.5g}"
+    return f"{value:{sign},.0f}" if 1e4 <= abs(value) < 1e15 else f"{value:{sign}.5g}"
 
 
 def _p(p_value: float | None) -> str:
