@@ -143,6 +143,8 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
     targets = resolve_targets(job.lora.targets, quantizable_layer_names(loaded.model, job.quant.skip_modules))
     with timer("data"):
         examples = tokenize_records(records, loaded.tokenizer, job.data, job.train.seq_len)
+    if loaded.checkpoint is not None:  # streamed, no weight read yet: baseline takes tokenizer and data too
+        baseline_rss = rss_bytes()
 
     with timer("quantize"):
         summary = replace_linear_layers(

@@ -52,13 +52,16 @@ def run_worker(path: str, s: Settings, out: Path) -> None:
     out.write_text(json.dumps({**result, "path": path, "load_before": before, "load_after": load_average()}))
 
 
-def spawn(path: str, s: Settings) -> dict:
-    """One path in a fresh process (its own peak memory); returns its JSON result."""
+def spawn(path: str, s: Settings) -> dict | None:
+    """One path in a fresh process (its own peak memory); its JSON result, or None when it failed (the
+    report names the failure, the other paths go on)."""
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "benchmarks.perf", "--worker", path, "--result", str(out)]
         start = time.perf_counter()
-        subprocess.run([*cmd, "--settings", json.dumps(asdict(s))], check=True, cwd=ROOT)
+        if subprocess.run([*cmd, "--settings", json.dumps(asdict(s))], cwd=ROOT).returncode != 0:
+            print(f"[{path}] failed (its traceback is above)", flush=True)
+            return None
         result = json.loads(out.read_text())
     result["wall_s"] = time.perf_counter() - start
     print(f"[{path}] {result['tokens_per_s']:.1f} tokens/s in {result['wall_s']:.0f} s", flush=True)
@@ -121,8 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):  # in turns, so that load which comes and goes hits every path alike
         for path, path_runs in runs.items():
             path_runs.append(spawn(path, s))
-    results = {path: best_run(path_runs) for path, path_runs in runs.items()}
+    results = {path: best_run([r for r in rs if r]) for path, rs in runs.items() if any(rs)}
     text = report(s, results, limit, time.perf_counter() - start)
+    failed = [path for path, rs in runs.items() if not all(rs)]
+    if failed:
+        text += f"\nFailed runs (see the benchmark's output): {', '.join(failed)}\n"
     print(text)
     device, _ = s.device_and_dtype()
     out = args.out or ROOT / "reports" / "perf" / f"bench_{device.type}.md"

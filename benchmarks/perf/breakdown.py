@@ -2,7 +2,9 @@
 
 ``python -m benchmarks.perf.breakdown [--compute-dtype fp32 bf16] [--out reports/perf/memory_breakdown.md]``;
 each dtype runs in its own process: the job's own steps (streamed load + NF4 quantization, LoRA, training
-with checkpointing, r 16, batch 4 x ≤ 256 Alpaca tokens) with the resident set read after each stage.
+with checkpointing, r 16, batch 4 x ≤ 256 Alpaca tokens) with the resident set read after each stage. The
+memory model's baseline is the resident set before any weight is read (libraries, tokenizer, data), as a
+job with a streamed load takes it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def stages(s: Settings) -> dict:
         batch=largest,
         compute_dtype=dtype,
         device=device,
-        baseline_bytes=rss["baseline (libraries)"],
+        baseline_bytes=rss["+ data (tokenized Alpaca)"],  # as a streamed job: RSS before any weight is read
     )
     return {
         "rss": rss,

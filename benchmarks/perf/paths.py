@@ -155,6 +155,7 @@ def run_standard(s: Settings) -> dict:
         optim="adamw_torch",
         gradient_checkpointing=s.checkpointing,
         bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu",  # transformers refuses bf16 on a CPU unless told
         train_sampling_strategy="sequential",
         logging_steps=1,
         save_strategy="no",
