@@ -132,7 +132,7 @@ def _clean() -> None:
 
 # name: (what the bug does, how it is planted)
 FAULTS: dict[str, tuple[str, Callable[[], None]]] = {
-    **{f"clean-{i}": ("no fault (false-alarm check)", _clean) for i in (1, 2, 3)},
+    "clean-1": ("no fault (false-alarm check)", _clean),
     "nf4-as-fp4": ("nf4 requested, stored and decoded as fp4", _nf4_as_fp4),
     "blocksize-64": ("block size ignored: always 64", _quantize_with(blocksize=64)),
     "dq-off": ("double quantization silently off", _quantize_with(double_quant=False)),
@@ -152,6 +152,8 @@ FAULTS: dict[str, tuple[str, Callable[[], None]]] = {
         "LoRA dropout ignored",
         _attach_lora_with(lambda cfg, targets: (dataclasses.replace(cfg, dropout=0.0), targets)),
     ),
+    # the other clean repeats last, so that a run cut short still has one clean run and every fault
+    **{f"clean-{i}": ("no fault (false-alarm check)", _clean) for i in (2, 3)},
 }
 
 
