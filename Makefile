@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo lint smoke report bench-quant bench-perf baseline clean
+.PHONY: setup test demo lint smoke report report-check baseline bench-quant bench-perf gate-power wheel-check clean
 
 setup: $(STAMP)
 
@@ -35,17 +35,35 @@ demo: setup
 smoke: setup
 	$(BIN)/qlora-bench -m +sweep=smoke
 
-# Regenerate every committed report from the sweep directories under runs/.
+# Regenerate every committed report from the sweep directories under runs/ (runs/<sweep> -> reports/<sweep>;
+# the smoke sweep is the CI baseline: `make baseline`).
 report: setup
-	for d in runs/*/; do n=$$(basename $$d); [ "$$n" = single ] || [ "$$n" = multirun ] || \
-	  $(BIN)/qlora-report $$d -o reports/$$n; done
+	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke) continue;; esac; \
+	  $(BIN)/qlora-report $$d -o reports/$$n || exit 1; done
 
 # Refresh the CI baseline that .ci/run compares the smoke sweep against.
 baseline: smoke
 	$(BIN)/qlora-report runs/smoke -o reports/baselines/smoke
 
+# Every committed report.html in headless Chromium at 1400 px: no console errors, every figure decodes.
+report-check: setup
+	@for f in reports/*/report.html reports/baselines/*/report.html; do \
+	  $(PY) -m harness.report.browser $$f || exit 1; done
+
 bench-quant: setup
 	$(PY) benchmarks/bench_quant.py
+
+# Training throughput and memory: the standard transformers+bnb+peft path vs qlora-bench vs a bare loop.
+bench-perf: setup
+	$(PY) -m benchmarks.perf
+
+# Planted faults against the CI smoke gate: which ones .ci/run catches (reports/ci/).
+gate-power: setup
+	$(PY) benchmarks/gate_power.py
+
+# The wheel, installed outside the checkout, runs a job and the smoke sweep.
+wheel-check: setup
+	bash .ci/wheel-check
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
