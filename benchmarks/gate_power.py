@@ -133,14 +133,13 @@ def _clean() -> None:
 # name: (what the bug does, how it is planted)
 FAULTS: dict[str, tuple[str, Callable[[], None]]] = {
     "clean-1": ("no fault (false-alarm check)", _clean),
+    "dequant-x1.01": ("NF4/FP4 dequantize scaled by 1 + 1%", _scaled_dequantize(0.01)),
+    "dequant-x1.02": ("NF4/FP4 dequantize scaled by 1 + 2%", _scaled_dequantize(0.02)),
     "nf4-as-fp4": ("nf4 requested, stored and decoded as fp4", _nf4_as_fp4),
     "blocksize-64": ("block size ignored: always 64", _quantize_with(blocksize=64)),
     "dq-off": ("double quantization silently off", _quantize_with(double_quant=False)),
     "dq-on": ("double quantization silently on", _quantize_with(double_quant=True)),
-    **{
-        f"dequant-x{1 + eps:g}": (f"NF4/FP4 dequantize scaled by 1 + {eps:.0%}", _scaled_dequantize(eps))
-        for eps in (0.05, 0.02, 0.01)
-    },
+    "clean-2": ("no fault (false-alarm check)", _clean),
     "int4-grid-3": ("Int4 codes on -3..3 instead of -7..7", _int4_coarse_grid),
     "lora-half-targets": (
         "LoRA on the first half of the requested targets only",
@@ -152,8 +151,9 @@ FAULTS: dict[str, tuple[str, Callable[[], None]]] = {
         "LoRA dropout ignored",
         _attach_lora_with(lambda cfg, targets: (dataclasses.replace(cfg, dropout=0.0), targets)),
     ),
-    # the other clean repeats last, so that a run cut short still has one clean run and every fault
-    **{f"clean-{i}": ("no fault (false-alarm check)", _clean) for i in (2, 3)},
+    "clean-3": ("no fault (false-alarm check)", _clean),
+    # last: if 1 % and 2 % are caught, 5 % adds least, and a run cut short by its time budget loses it first
+    "dequant-x1.05": ("NF4/FP4 dequantize scaled by 1 + 5%", _scaled_dequantize(0.05)),
 }
 
 
