@@ -135,8 +135,20 @@ def test_non_binary_scores_use_the_bootstrap_p_value():
     base = rng.random(300)  # e.g. per-document Brier scores
     estimate = paired_mean(base, base + 0.05 + rng.normal(0, 0.1, 300), FAST)
     assert "McNemar" not in estimate.method
-    assert estimate.p_value == pytest.approx(1 / 501)  # no resample as extreme as "no difference"
+    assert estimate.p_value == pytest.approx(2 / 501)  # no resample on the far side of zero
     assert estimate.ci_low < 0.05 < estimate.ci_high
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.01, 0.02, 0.03, 0.05])
+def test_p_value_and_ci_agree_on_skewed_corpus_perplexity(shift):
+    """The CI excludes zero exactly when p < 0.05, also for a skewed statistic (corpus perplexity)."""
+    rng = np.random.default_rng(11)
+    words = rng.integers(5, 400, 60).astype(float)
+    base_ll = -words * rng.lognormal(1.0, 0.4, 60)
+    cur_ll = base_ll - words * (shift + rng.normal(0, 0.05, 60))
+    estimate = paired_corpus(base_ll, cur_ll, words, "weighted_perplexity", FAST)
+    excludes_zero = estimate.ci_low > 0 or estimate.ci_high < 0
+    assert excludes_zero == (estimate.p_value < 0.05), (estimate.ci_low, estimate.ci_high, estimate.p_value)
 
 
 def test_corpus_perplexity_is_recomputed_on_both_sides_of_the_same_resample():
