@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from harness.data.heldout import ALPACA_HELDOUT
+from harness.data.heldout import ALPACA_FILE, ALPACA_HELDOUT, HELDOUT_TASK
 from harness.quant.registry import FLOAT_DTYPES, STORAGE_TYPES, USER_CODEBOOK, validate_quant_args
 
 
@@ -251,6 +251,18 @@ class JobConfig:
     device: Device = _help("auto: CUDA when available, else CPU", Device.auto)
     fault: Fault | None = _help("test-only: make the job fail in a chosen way", None)
 
+    def __post_init__(self) -> None:
+        trains_on_heldout = Path(self.data.source).name == Path(ALPACA_FILE).name and (
+            self.data.heldout < ALPACA_HELDOUT
+        )
+        _require(
+            not (HELDOUT_TASK in self.eval.tasks and trains_on_heldout),
+            "data.heldout",
+            self.data.heldout,
+            f">= {ALPACA_HELDOUT} when training on {ALPACA_FILE} and evaluating {HELDOUT_TASK}: "
+            f"it scores the last {ALPACA_HELDOUT} records, which training must not see",
+        )
+
     def check_device(self, device: torch.device) -> None:
         """The checks that need the device: storage kernels and paged optimizers."""
         quant = self.quant
@@ -316,7 +328,7 @@ def group_options() -> dict[str, dict[str, Any]]:
         "model": {"smollm2-135m": ModelConfig(), "tiny": ModelConfig(name_or_path="tiny")},
         "data": {
             "synthetic": DataConfig(),
-            "alpaca": DataConfig(source="instruct/alpaca_5000.json", heldout=ALPACA_HELDOUT),
+            "alpaca": DataConfig(source=ALPACA_FILE, heldout=ALPACA_HELDOUT),
         },
     }
 

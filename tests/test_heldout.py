@@ -132,3 +132,11 @@ def test_real_alpaca_heldout_slice_is_the_last_records_of_the_file() -> None:
     assert len(everything) == 5000
     assert [row["record"] for row in rows] == list(range(5000 - ALPACA_HELDOUT, 5000))
     assert load_records(cfg) == everything[: 5000 - ALPACA_HELDOUT]
+
+
+def test_training_on_the_heldout_records_is_refused():
+    """Evaluating alpaca_heldout_local while training on the records it scores fails before any work."""
+    leaky = {"data": {"source": "instruct/alpaca_5000.json", "heldout": 0}}
+    with pytest.raises(ConfigError, match="data.heldout=0"):
+        validate_config({**leaky, "eval": {"tasks": ["alpaca_heldout_local"]}})
+    validate_config({**leaky, "eval": {"tasks": ["wikitext2_local"]}})  # no held-out task: allowed

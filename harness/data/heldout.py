@@ -15,6 +15,8 @@ Record = TypeVar("Record")
 
 # Records held out of instruct/alpaca_5000.json by data=alpaca and scored by alpaca_heldout_local.
 ALPACA_HELDOUT = 250
+ALPACA_FILE = "instruct/alpaca_5000.json"
+HELDOUT_TASK = "alpaca_heldout_local"
 
 
 class HeldoutError(ValueError):
