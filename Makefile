@@ -37,9 +37,12 @@ smoke: setup
 
 # Regenerate every committed report from the sweep directories under runs/ (runs/<sweep> -> reports/<sweep>;
 # the smoke sweep is the CI baseline: `make baseline`).
+# Each sweep's reference row: the paper's default of the setting it varies (default: the 16-bit row, else the first).
 report: setup
 	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke) continue;; esac; \
-	  $(BIN)/qlora-report $$d -o reports/$$n || exit 1; done
+	  case $$n in lora_rank) ref="lora.r=64";; double_quant) ref="quant.storage=nf4 quant.double_quant=true";; \
+	    blocksize) ref="quant.storage=nf4 quant.blocksize=64";; targets) ref="lora.targets=all-linear";; *) ref="";; esac; \
+	  $(BIN)/qlora-report $$d -o reports/$$n $${ref:+--reference "$$ref"} || exit 1; done
 
 # Refresh the CI baseline that .ci/run compares the smoke sweep against.
 baseline: smoke
