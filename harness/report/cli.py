@@ -33,7 +33,7 @@ from harness.report.render import (
 )
 from harness.report.summary import findings, summarize
 from harness.stats import Bootstrap, load_samples, write_report_samples
-from harness.stats.paired import DEFAULT_BOOTSTRAP
+from harness.stats.paired import DEFAULT_BOOTSTRAP, add_bootstrap_options, bootstrap_from_args
 
 _MESSAGE_CHARS = 300
 
@@ -275,10 +275,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the row every other is compared with, as key=value pairs ('quant.storage=bf16'); "
         "default: the 16-bit row if there is one, else the first row",
     )
-    # The same names as qlora-compare's, so one bootstrap setting reads the same in both tools.
-    for name, what in (("resamples", "bootstrap resamples per comparison"), ("seed", "bootstrap seed")):
-        default = getattr(DEFAULT_BOOTSTRAP, name)
-        parser.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default: %(default)s)")
+    add_bootstrap_options(parser)
     return parser
 
 
@@ -291,10 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``qlora-report``; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        bootstrap = Bootstrap(resamples=args.resamples, seed=args.seed)
-    except ValueError as exc:
-        parser.error(str(exc))
+    bootstrap = bootstrap_from_args(parser, args)
     try:
         paths = build_report(args.dirs, args.out, args.reference, bootstrap)
     except NoResultsError as exc:
