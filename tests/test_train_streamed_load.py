@@ -51,3 +51,13 @@ def test_checkpoint_reads_each_tensor_as_stored(sharded_model_dir):
 
 def test_a_directory_without_safetensors_has_no_checkpoint(tmp_path):
     assert ShardedCheckpoint.find(tmp_path) is None
+
+
+def test_a_shard_cut_short_is_an_error_naming_the_file(sharded_model_dir):
+    """A truncated shard (a full disk, a killed copy) must not load as whatever memory held."""
+    checkpoint = ShardedCheckpoint.find(sharded_model_dir)
+    last = max(checkpoint.shards, key=lambda shard: shard.stat().st_size)
+    last.write_bytes(last.read_bytes()[:-4096])
+    with pytest.raises(ValueError, match="is cut short"):
+        for name in checkpoint.files:
+            checkpoint.read(name)

@@ -77,9 +77,14 @@ class ShardedCheckpoint:
         entry = header[name]
         begin, end = entry["data_offsets"]
         tensor = torch.empty(entry["shape"], dtype=DTYPES[entry["dtype"]])
-        with path.open("rb") as handle:
-            handle.seek(data_start + begin)
-            handle.readinto(tensor.view(-1).view(torch.uint8).numpy())
         if tensor.nbytes != end - begin:
             raise ValueError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {entry['shape']}")
+        with path.open("rb") as handle:
+            handle.seek(data_start + begin)
+            read = handle.readinto(tensor.view(-1).view(torch.uint8).numpy())
+        if read != end - begin:
+            raise ValueError(
+                f"{path} is cut short: tensor {name!r} needs {end - begin} bytes, the file holds {read}; "
+                "copy or convert the model again"
+            )
         return tensor
