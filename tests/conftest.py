@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from harness.config import register_configs
 from harness.paths import CONF_DIR
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors: thread fan-out costs more than it saves, badly so when the 2 cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -17,14 +17,7 @@ from harness.quant.codebook import (
     pair_table,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors: thread fan-out costs more than it saves, badly so when the 2 cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def normal_weight(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

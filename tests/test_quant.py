@@ -26,13 +26,7 @@ USER_LEVELS = normal_float_levels(4).tolist()
 store = partial(quantize, codebook=USER_LEVELS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Mostly small tensors: thread fan-out costs more than it saves, badly so when the 2 cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 ODD_SHAPES = [(1,), (7,), (33, 33), (3, 5, 7), (130, 1), (4097,)]
