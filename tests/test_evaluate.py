@@ -12,9 +12,10 @@ import datasets.config
 import huggingface_hub.constants
 import pytest
 import torch
+from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 
-from harness.config import EvalConfig
+from harness.config import EvalConfig, validate_config
 from harness.data.paths import DataDirError, resolve_data_dir
 from harness.data.prompts import format_prompt
 from harness.data.synthetic import synthetic_examples
@@ -309,7 +310,7 @@ def test_eval_group_configs_compose_and_use_shipped_tasks(job_config, group: str
     cfg = job_config(f"eval={group}").eval
     shipped = task_manager((), None, defaults=False).task_index
     assert all(name in shipped for name in cfg.tasks)
-    lm_eval_limit(cfg.limit)
+    validate_config({"eval": OmegaConf.to_container(cfg)})  # its limit and other values are in range
 
 
 REAL_SIZES = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Iterator
-from typing import Any
 
 from lm_eval.tasks import TaskManager
 
@@ -38,20 +37,10 @@ def manager_for(cfg: EvalConfig, data_dir: str | None) -> TaskManager:
     return task_manager(paths, data_dir, defaults=True)
 
 
-def lm_eval_limit(limit: Any) -> int | float | None:
-    """``eval.limit`` for lm-eval: an int is examples per task, a float in (0, 1] a fraction of each task.
-
-    lm-eval reads ``1.0`` as "one example", so the whole-task fraction becomes ``None``.
-    """
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or limit <= 0:
-        raise ValueError(f"eval.limit must be a positive int or a fraction in (0, 1], got {limit!r}")
-    if isinstance(limit, float):
-        if limit > 1:
-            raise ValueError(f"eval.limit {limit} is a float above 1: use an int for a number of examples")
-        return None if limit == 1 else limit
-    return limit
+def lm_eval_limit(limit: int | float | None) -> int | float | None:
+    """``eval.limit`` (checked by ``EvalConfig``) as lm-eval reads it: an int is examples per task, a float
+    in (0, 1] a fraction of each task; lm-eval reads ``1.0`` as "one example", so it becomes ``None``."""
+    return None if isinstance(limit, float) and limit == 1 else limit
 
 
 def _children(tm: TaskManager, name: str) -> list[str]:
@@ -90,8 +79,8 @@ def _unknown_message(unknown: list[str], known: list[str]) -> str:
 
 
 def validate_tasks(cfg: EvalConfig, data_dir: str | None) -> None:
-    """Fail before training, not after it: a bad limit, an unknown task name or a missing data file."""
-    lm_eval_limit(cfg.limit)
+    """Fail before training, not after it: an unknown task name or a missing data file (the limit is
+    checked by ``EvalConfig``)."""
     if not cfg.tasks:
         return
     tm = manager_for(cfg, data_dir)

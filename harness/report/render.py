@@ -118,7 +118,8 @@ def render_markdown(document: Document) -> str:
 # --- HTML -------------------------------------------------------------------------------------------------
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; overflow-wrap: anywhere; }
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222;
+  overflow-wrap: anywhere; }
 .table-scroll { overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
