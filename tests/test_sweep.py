@@ -26,7 +26,7 @@ def _statuses(sweep_dir: Path) -> dict[str, str]:
 
 
 def test_smoke_sweep_runs_every_job_ok(tmp_path):
-    """The named smoke sweep finishes with every storage type ok and a summary line (its 300 training steps
+    """The named smoke sweep finishes with every storage type ok and a summary line (its 150 training steps
     cut to 20: this checks the sweep, CI's gate checks what the steps learn)."""
     proc = _sweep(tmp_path, "+sweep=smoke", "train.steps=20")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
