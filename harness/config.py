@@ -209,6 +209,11 @@ class EvalConfig:
     )
     limit: Any = _help("examples per task (int) or a fraction of each task in (0, 1]; null: all", None)
     batch_size: int = _help("lm-eval batch size", 8)
+    dense_weights_mib: int = _help(
+        "MiB for 4-bit weights dequantized once per evaluation (compute dtype: 2 bytes/param in bf16) "
+        "instead of on every forward; layers past it decode on the fly; 0: off",
+        1024,
+    )
     num_fewshot: int | None = _help("few-shot examples; null: each task's default")
     bootstrap_iters: int = _help("lm-eval's bootstrap for its stderr", 1000)
     include_path: list[str] = _help("extra task folders (each must hold task YAMLs)", factory=list)
@@ -229,6 +234,12 @@ class EvalConfig:
         if self.num_fewshot is not None:
             _require(self.num_fewshot >= 0, "eval.num_fewshot", self.num_fewshot, ">= 0 or null")
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        _require(
+            _is_int(self.dense_weights_mib) and self.dense_weights_mib >= 0,
+            "eval.dense_weights_mib",
+            self.dense_weights_mib,
+            "an integer >= 0 (0: dequantize on every forward)",
+        )
         for entry in self.include_path:
             folder = Path(entry).expanduser()
             _require(folder.is_dir(), "eval.include_path", entry, "existing folders of task YAML files")

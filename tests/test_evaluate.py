@@ -1,4 +1,5 @@
-"""lm-eval evaluation of the in-memory model (harness.evaluate) and the shipped ``*_local`` tasks, offline."""
+"""lm-eval evaluation of the in-memory model (harness.evaluate), its dense weights during evaluation, and
+the shipped ``*_local`` tasks, offline."""
 
 from __future__ import annotations
 
@@ -16,15 +17,20 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 
 from harness.config import EvalConfig, validate_config
+from harness.config import LoraConfig as JobLoraConfig
 from harness.data.paths import DataDirError, resolve_data_dir
 from harness.data.prompts import format_prompt
 from harness.data.synthetic import synthetic_examples
 from harness.evaluate import evaluate_model, metric_delta, task_metrics, validate_tasks
+from harness.evaluate.dense import dense_bytes, dense_weights
 from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, task_manager
 from harness.job import run_job
+from harness.model.lora import attach_lora, resolve_targets
+from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_model
 from harness.paths import CONF_DIR
+from harness.quant import QuantLinear
 from harness.stats import aggregate, read_samples, write_samples
 from harness.tasks import TASKS_DIR
 from harness.tasks.utils import split_wikitext_articles
@@ -341,3 +347,86 @@ def test_real_data_dir_loads_with_manifest_counts() -> None:
     assert len(mmlu) == 57
     assert sum(len(task.eval_docs) for task in mmlu.values()) == 14_042
     assert all(len(task.fewshot_docs()) == 5 for task in mmlu.values())
+
+
+# Evaluation cost: the 4-bit weights dequantized once per evaluation (harness.evaluate.dense).
+
+
+def quantized_tiny_with_lora(compute_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The tiny Llama in NF4 (lm_head kept) with the harness's LoRA on every block linear, B made nonzero
+    so that the adapters change the output."""
+    model, _ = build_tiny_model()
+    targets = resolve_targets("all-linear", quantizable_layer_names(model, ["lm_head"]))
+    replace_linear_layers(model, "nf4", 64, True, compute_dtype, torch.device("cpu"), ["lm_head"])
+    peft_model = attach_lora(model, JobLoraConfig(r=4, alpha=8, dropout=0.0), targets, seed=0)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    return peft_model
+
+
+def quant_layers(model: torch.nn.Module) -> list[QuantLinear]:
+    return [m for m in model.modules() if isinstance(m, QuantLinear)]
+
+
+def lora_gradients(model: torch.nn.Module, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad()
+    model(input_ids).logits.square().mean().backward()
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
+def test_dense_weights_give_the_same_logits_and_leave_training_as_before(compute_dtype: torch.dtype) -> None:
+    """Inside the block every 4-bit layer holds its dequantized weight and the logits are bit-identical;
+    after it no layer holds one and training's gradients are those of on-the-fly dequantization."""
+    model = quantized_tiny_with_lora(compute_dtype)
+    input_ids = torch.randint(0, 256, (3, 17), generator=torch.Generator().manual_seed(1))
+    gradients = lora_gradients(model, input_ids)
+    with torch.no_grad():
+        logits = model(input_ids).logits
+
+    layers = quant_layers(model)
+    with dense_weights(model, budget_bytes=2**30) as held, torch.no_grad():
+        assert held == sum(dense_bytes(layer) for layer in layers) > 0
+        assert all(layer.dense_weight.dtype == compute_dtype for layer in layers)
+        assert torch.equal(model(input_ids).logits, logits)
+
+    assert all(layer.dense_weight is None for layer in layers)
+    for after, before in zip(lora_gradients(model, input_ids), gradients, strict=True):
+        assert torch.equal(after, before)
+
+
+def test_budget_bounds_the_dense_copies() -> None:
+    """A budget of one layer's copy holds exactly that layer; 0 holds none; an error inside frees them."""
+    model = quantized_tiny_with_lora()
+    first = quant_layers(model)[0]
+    with dense_weights(model, budget_bytes=dense_bytes(first)) as held:
+        assert held == dense_bytes(first)
+        assert [layer for layer in quant_layers(model) if layer.dense_weight is not None] == [first]
+    with dense_weights(model, budget_bytes=0) as held:
+        assert held == 0 and all(layer.dense_weight is None for layer in quant_layers(model))
+    with pytest.raises(RuntimeError, match="inside"), dense_weights(model, budget_bytes=2**30):
+        raise RuntimeError("inside")
+    assert all(layer.dense_weight is None for layer in quant_layers(model))
+
+
+@pytest.mark.parametrize("mib", [-1, 1.5, "64"])
+def test_bad_dense_weights_budget_is_rejected(mib: object) -> None:
+    with pytest.raises(ValueError, match="eval.dense_weights_mib"):
+        EvalConfig(dense_weights_mib=mib)
+
+
+def test_dense_weights_leave_every_score_as_it_was(tiny_data_dir: str) -> None:
+    """A 4-bit model with LoRA evaluated with its weights dequantized once (the default) and on every forward
+    (``dense_weights_mib=0``): the same metrics and per-document values (log-likelihoods for WikiText)."""
+    model = quantized_tiny_with_lora()
+    _, tokenizer = build_tiny_model()
+    tasks = ["arc_easy_local", "wikitext2_local"]
+    once = evaluate_model(model, tokenizer, EvalConfig(tasks=tasks, bootstrap_iters=0), tiny_data_dir)
+    every = evaluate_model(
+        model, tokenizer, EvalConfig(tasks=tasks, bootstrap_iters=0, dense_weights_mib=0), tiny_data_dir
+    )
+    for task in tasks:
+        assert once.metrics[task] == pytest.approx(every.metrics[task], rel=1e-4)
+    assert once.samples["value"].to_numpy() == pytest.approx(every.samples["value"].to_numpy(), rel=1e-4)
+    assert once.samples.drop(columns="value").equals(every.samples.drop(columns="value"))

@@ -20,6 +20,7 @@ from lm_eval.models.huggingface import HFLM
 from torch import nn
 
 from harness.config import EvalConfig
+from harness.evaluate.dense import MIB, dense_weights
 from harness.evaluate.metrics import task_metrics
 from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, manager_for, validate_tasks
@@ -76,12 +77,14 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
     with ``cfg.log_samples``, lm-eval's own per-document scores.
 
     ``data_dir`` is ``data.data_dir`` (``None``: ``$QLORA_DATA_DIR`` or the default); the ``*_local``
-    tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``.
+    tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``. The
+    4-bit weights are dequantized once for the run, within ``cfg.dense_weights_mib`` (see
+    :mod:`harness.evaluate.dense`).
     """
     if not cfg.tasks:
         return Evaluation({})
     validate_tasks(cfg, data_dir)
-    with _keeps_train_mode(model), _hub_hint():
+    with _keeps_train_mode(model), _hub_hint(), dense_weights(model, cfg.dense_weights_mib * MIB):
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
         results = lm_eval.simple_evaluate(
             model=lm,

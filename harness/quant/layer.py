@@ -52,7 +52,9 @@ class QuantLinear(nn.Module):
     The packed tensors are buffers named ``packed_<role>`` (saved in state_dict, moved by .to(device), no
     gradient); `qweight` reassembles them. The input is cast to `compute_dtype` and so is the output.
     `compute_dtype` is fixed at construction: a later model.to(dtype) changes neither it nor the packed
-    weight (only the bias, which forward casts back).
+    weight (only the bias, which forward casts back). `dense_weight`, when set (only evaluation does, for
+    its duration: :func:`harness.evaluate.dense.dense_weights`), is that weight already dequantized in
+    `compute_dtype`, used instead of decoding it again on every forward.
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None, compute_dtype: torch.dtype):
@@ -68,6 +70,7 @@ class QuantLinear(nn.Module):
         self.bias = (
             None if bias is None else nn.Parameter(bias.detach().to(compute_dtype), requires_grad=False)
         )
+        self.dense_weight: torch.Tensor | None = None
 
     @classmethod
     def from_linear(
@@ -93,6 +96,8 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         """Extra arguments are accepted and ignored, so wrappers (peft LoRA) may pass their own through."""
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
+        if self.dense_weight is not None:
+            return F.linear(x.to(self.compute_dtype), self.dense_weight, bias)
         return DequantMatmul.apply(x.to(self.compute_dtype), self.qweight, bias)
 
     def extra_repr(self) -> str:
