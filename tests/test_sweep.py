@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import yaml
+
+from harness.config import validate_config
+from harness.paths import CONF_DIR
 from harness.report import load_results
 
 BENCH = [sys.executable, "-c", "from harness.cli import bench; bench()"]
@@ -63,3 +69,17 @@ def test_submitit_local_launcher_runs_smoke_sweep(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(_statuses(tmp_path).values()) == {"ok"} and len(_statuses(tmp_path)) == 2
+
+
+def _sweep_jobs(name: str) -> list[list[str]]:
+    """The override lists of every job of named sweep ``name`` (the product of its sweeper params)."""
+    params = yaml.safe_load((CONF_DIR / "sweep" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    choices = [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+    return [[f"+sweep={name}", *job] for job in itertools.product(*choices)]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+def test_every_job_of_each_named_sweep_composes_and_validates(job_config, name: str) -> None:
+    """A typo in a sweep file (a group option, a key, a value out of range) fails here, not an hour in."""
+    for overrides in _sweep_jobs(name):
+        validate_config(job_config(*overrides))
