@@ -10,6 +10,7 @@ plants a fault appends its pid to a log, so a fault that never reached the jobs 
 
     flock /tmp/qlora-heavy.lock .venv/bin/python benchmarks/gate_power.py            # all faults (~15 sweeps)
     .venv/bin/python benchmarks/gate_power.py --faults clean-1 nf4-as-fp4 --out /tmp/gp
+    .venv/bin/python benchmarks/gate_power.py --compare-only   # new tolerances, same sweeps: seconds
 
 Writes ``<out>/<fault>/`` (the sweep and its compare.json) and the table ``reports/ci/gate_power.md``.
 A benchmark, not a test: it takes ~1-3 minutes per fault on 2 CPU cores.
@@ -182,13 +183,13 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> int:
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
 
 
-def run_fault(name: str, out: Path, baseline: Path, tolerances: Path, boot: Path) -> Outcome:
-    """The CI smoke sweep with fault ``name`` planted, then the CI comparison (without the fault)."""
-    sweep_dir = out / name
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+SWEEP_RECORD = "sweep_run.json"  # exit code and seconds of a fault's sweep, for --compare-only
+
+
+def _plant_and_sweep(name: str, sweep_dir: Path, boot: Path, clean_env: dict[str, str]) -> tuple[int, float]:
+    """The CI smoke sweep with fault ``name`` planted in every process: its exit code and seconds."""
     fault_log = sweep_dir / "planted.log"
     fault_log.unlink(missing_ok=True)
-    clean_env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     python_path = os.pathsep.join(filter(None, [str(boot), os.environ.get("PYTHONPATH")]))
     fault_env = clean_env | {"PYTHONPATH": python_path, FAULT_ENV: name, FAULT_LOG_ENV: str(fault_log)}
     start = time.perf_counter()
@@ -198,6 +199,24 @@ def run_fault(name: str, out: Path, baseline: Path, tolerances: Path, boot: Path
         sweep_dir / "sweep.log",
     )
     sweep_s = time.perf_counter() - start
+    (sweep_dir / SWEEP_RECORD).write_text(json.dumps({"exit_code": sweep_rc, "seconds": sweep_s}) + "\n")
+    return sweep_rc, sweep_s
+
+
+def run_fault(
+    name: str, out: Path, baseline: Path, tolerances: Path, boot: Path, compare_only: bool = False
+) -> Outcome:
+    """The CI smoke sweep with fault ``name`` planted, then the CI comparison (without the fault).
+    ``compare_only``: judge the sweep already in ``out`` again (after a change of tolerances or gate)."""
+    sweep_dir = out / name
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    clean_env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    if compare_only:
+        record = json.loads((sweep_dir / SWEEP_RECORD).read_text())
+        sweep_rc, sweep_s = record["exit_code"], record["seconds"]
+    else:
+        sweep_rc, sweep_s = _plant_and_sweep(name, sweep_dir, boot, clean_env)
+    fault_log = sweep_dir / "planted.log"
     compare_json = sweep_dir / "compare.json"
     compare_rc = _run(
         [str(BIN / "qlora-compare"), str(baseline), str(sweep_dir), "--tolerances", str(tolerances)]
@@ -210,17 +229,17 @@ def run_fault(name: str, out: Path, baseline: Path, tolerances: Path, boot: Path
     if compare_rc not in (0, 1) or not compare_json.exists():
         note = f"qlora-compare exit {compare_rc}, sweep exit {sweep_rc}: see {sweep_dir}/compare.log"
         return Outcome(name, description, None, [], [], planted, sweep_s, note)
-    from harness.compare.compare import IMPROVED, REGRESSED
+    from harness.compare.compare import CHANGED, FAILING, IMPROVED
 
     rows = json.loads(compare_json.read_text())["rows"]
-    metrics = {
-        verdict: [f"{r['job']}: {r['metric']}" for r in rows if r["verdict"] == verdict]
-        for verdict in (REGRESSED, IMPROVED)
-    }
+    failing = [
+        f"{r['job']}: {r['metric']}" + (" (changed)" if r["verdict"] == CHANGED else "")
+        for r in rows
+        if r["verdict"] in FAILING
+    ]
+    improved = [f"{r['job']}: {r['metric']}" for r in rows if r["verdict"] == IMPROVED]
     note = "" if sweep_rc == 0 else f"sweep exit {sweep_rc} (a job failed)"
-    return Outcome(
-        name, description, compare_rc == 1, metrics[REGRESSED], metrics[IMPROVED], planted, sweep_s, note
-    )
+    return Outcome(name, description, compare_rc == 1, failing, improved, planted, sweep_s, note)
 
 
 def _git_commit() -> str:
@@ -303,10 +322,11 @@ def to_markdown(outcomes: list[Outcome], command: str, out: Path) -> str:
         f"**Caught {caught} of {len(faults)} planted faults; "
         f"{alarms} false alarm(s) in {len(clean)} clean runs.**",
         "Each row: the smoke sweep with the fault planted in every process, then `qlora-compare` against",
-        "`reports/baselines/smoke` with its tolerances, as `.ci/run` runs it. *Moved but improved*: metrics",
-        "that changed in the good direction, which a one-sided gate does not fail on.",
+        "`reports/baselines/smoke` with its tolerances, as `.ci/run` runs it. *Failing metrics*: worse",
+        "beyond tolerance, or *(changed)*: moved beyond it the good way under a `two_sided` rule. *Moved but",
+        "improved*: the good way under a one-sided rule, which does not fail.",
         "",
-        "| fault | what it does | caught | regressed metrics (what caught it) | moved but improved "
+        "| fault | what it does | caught | failing metrics (what caught it) | moved but improved "
         "| processes planted | sweep s |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -329,15 +349,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=ROOT / "reports/baselines/smoke/results.csv")
     parser.add_argument("--tolerances", type=Path, default=ROOT / "reports/baselines/smoke/tolerances.yaml")
     parser.add_argument("--report", type=Path, default=ROOT / "reports/ci/gate_power.md")
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help=f"do not sweep: judge the sweeps already in --out again (each needs its {SWEEP_RECORD})",
+    )
     args = parser.parse_args(argv)
-    command = "python benchmarks/gate_power.py" + (
-        "" if args.faults == list(FAULTS) else " --faults " + " ".join(args.faults)
+    command = (
+        "python benchmarks/gate_power.py"
+        + ("" if args.faults == list(FAULTS) else " --faults " + " ".join(args.faults))
+        + (" --compare-only" if args.compare_only else "")
     )
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="gate_power_boot_") as boot:
         (Path(boot) / "sitecustomize.py").write_text(SITECUSTOMIZE)
         for name in args.faults:
-            outcome = run_fault(name, args.out, args.baseline, args.tolerances, Path(boot))
+            outcome = run_fault(name, args.out, args.baseline, args.tolerances, Path(boot), args.compare_only)
             print(
                 f"{name:20s} caught={outcome.caught} planted={outcome.planted_processes} "
                 f"{outcome.sweep_s:.0f}s regressed={outcome.regressions} {outcome.note}",

@@ -191,6 +191,30 @@ def test_improvements_pass_and_are_shown_as_improved(baseline, tmp_path, capsys)
     assert improved == set(better)
 
 
+def test_two_sided_rule_fails_an_improvement_beyond_tolerance_as_changed(baseline, tmp_path, capsys):
+    """A bug can "improve" a metric that must not move (double quantization silently off lowers bits/param):
+    under ``two_sided`` a move beyond the tolerance either way fails as CHANGED; within it, it passes."""
+    rules = tmp_path / "two_sided.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {match: quant.bits_per_param, direction: lower, kind: exact, two_sided: true}\n"
+        "  - {match: train.loss_end, direction: lower, kind: rel, tol: 0.01, two_sided: true}\n"
+    )
+    lower_bits = write_sweep(tmp_path / "lower-bits", {("int4", 0): {"quant.bits_per_param": shift(-0.1)}})
+    code, out, _ = run(capsys, baseline, lower_bits, "--tolerances", rules)
+    assert code == 1
+    assert "## qlora-compare: CHANGED (1 failing)" in out
+    [row] = rows_with(out, "CHANGED")
+    assert row.startswith("| quant.storage=int4 seed=0 | quant.bits_per_param |")
+    assert "- CHANGED: `quant.storage=int4 seed=0` quant.bits_per_param" in out
+
+    within = write_sweep(tmp_path / "within", {("int4", 0): {"train.loss_end": scale(0.995)}})
+    assert run(capsys, baseline, within, "--tolerances", rules)[0] == 0
+    beyond = write_sweep(tmp_path / "beyond", {("int4", 0): {"train.loss_end": scale(0.98)}})
+    code, out, _ = run(capsys, baseline, beyond, "--tolerances", rules)
+    assert code == 1 and rows_with(out, "CHANGED")[0].split(" | ")[1] == "train.loss_end"
+
+
 @pytest.mark.parametrize(
     "flags, expected", [((), 0), (("--gate-throughput",), 1), (("--gate", "train.*"), 1)]
 )
@@ -335,6 +359,10 @@ def test_duplicate_job_is_bad_input(baseline, tmp_path):
         (
             "rules: [{match: a, direction: lower, kind: abs, tol: 1, gate: maybe}]",
             "'gate' must be true or false",
+        ),
+        (
+            "rules: [{match: a, direction: lower, kind: abs, tol: 1, two_sided: 1}]",
+            "'two_sided' must be true or false",
         ),
         ("rules: [{match: [], direction: lower, kind: abs, tol: 1}]", "'match' must be a glob"),
         (

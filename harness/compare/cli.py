@@ -38,8 +38,8 @@ named in the output.
 EPILOG = f"""\
 exit codes:
   0  nothing regressed (improvements, extra jobs in CURRENT and ungated changes are reported only)
-  1  a gated metric worsened beyond its tolerance, went missing, or a job that was ok in BASELINE
-     failed in CURRENT
+  1  a gated metric worsened beyond its tolerance (REGRESSED), moved beyond it either way under a
+     two_sided rule (CHANGED), went missing, or a job that was ok in BASELINE failed in CURRENT
   2  bad input: a path that does not exist or cannot be read, no jobs, a BASELINE job with no
      counterpart in CURRENT, two results for one job, a bad tolerance file, an unwritable output
 
@@ -51,6 +51,7 @@ tolerance file (default {DEFAULT_TOLERANCES}):
       tol: 0.01
       stderr_k: 1.0                      # allowed = max(tol, stderr_k * sqrt(se_base^2 + se_cur^2))
       gate: true                         # false: worsening is reported as info, exit code unaffected
+      two_sided: false                   # true: a move beyond tol in the good direction fails too (CHANGED)
   Columns no rule matches are not compared; <metric>_stderr columns only widen their metric.
 
 refreshing a baseline (after an intended change, from a sweep that ran on the CI machine):

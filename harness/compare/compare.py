@@ -4,7 +4,9 @@ When both jobs have per-sample results for a metric (``samples.parquet``, :mod:`
 the metric is judged on the paired CI of current − baseline over the documents both scored: it regresses
 only when the whole CI lies beyond the tolerance on the bad side, and improves only when the whole CI lies
 beyond it on the good side. Otherwise the tolerance rule applies to the two values, widened by their
-stderrs (:meth:`harness.compare.tolerances.Rule.allowed`).
+stderrs (:meth:`harness.compare.tolerances.Rule.allowed`). Under a ``two_sided`` rule a move beyond the
+tolerance on the good side is ``CHANGED`` and fails like a regression: the baseline must be refreshed on
+purpose.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from harness.compare.tolerances import STDERR_SUFFIX, Rule, Tolerances, load_tol
 from harness.stats.jobs import MetricComparison, compare_samples
 from harness.stats.paired import DEFAULT_BOOTSTRAP, Bootstrap
 
-OK, IMPROVED, REGRESSED, INFO = "ok", "improved", "REGRESSED", "info"
+OK, IMPROVED, REGRESSED, CHANGED, INFO = "ok", "improved", "REGRESSED", "CHANGED", "info"
+FAILING = (REGRESSED, CHANGED)
 
 
 @dataclass
@@ -67,7 +70,8 @@ class Comparison:
 
     @property
     def regressions(self) -> list[Row]:
-        return [row for row in self.rows if row.verdict == REGRESSED]
+        """Rows that fail CI: worsened beyond tolerance, or moved at all under a two-sided rule."""
+        return [row for row in self.rows if row.verdict in FAILING]
 
     @property
     def exit_code(self) -> int:
@@ -75,12 +79,13 @@ class Comparison:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "verdict": REGRESSED if self.regressions else OK,
+            "verdict": min((row.verdict for row in self.regressions), key=FAILING.index, default=OK),
             "exit_code": self.exit_code,
             "jobs_baseline": self.jobs_baseline,
             "jobs_current": self.jobs_current,
             "counts": {
-                v: sum(row.verdict == v for row in self.rows) for v in (OK, IMPROVED, REGRESSED, INFO)
+                v: sum(row.verdict == v for row in self.rows)
+                for v in (OK, IMPROVED, REGRESSED, CHANGED, INFO)
             },
             "regressions": [f"{row.job}: {row.metric}" for row in self.regressions],
             "key_columns": self.key_columns,
@@ -227,11 +232,16 @@ def _compare_metric(
     delta = cur_value - base_value
     allowed = rule.allowed(base_value, _stderr(metric, base, cur))
     worsening = delta if rule.direction == "lower" else -delta
-    if worsening > allowed:
-        verdict = REGRESSED if gated else INFO
-    else:
-        verdict = IMPROVED if -worsening > allowed else OK
+    verdict = _verdict(rule, gated, worse=worsening > allowed, better=-worsening > allowed)
     return Row(job, metric, base_value, cur_value, delta, allowed, verdict, "" if gated else "not gated")
+
+
+def _verdict(rule: Rule, gated: bool, worse: bool, better: bool) -> str:
+    """Beyond the tolerance on the bad side: regressed; on the good side: improved, or changed (failing)
+    under a two-sided rule; an ungated metric's failure is only info."""
+    if worse or (better and rule.two_sided):
+        return (REGRESSED if worse else CHANGED) if gated else INFO
+    return IMPROVED if better else OK
 
 
 def _judge_paired(job: str, metric: str, rule: Rule, paired: MetricComparison, gated: bool) -> Row:
@@ -241,10 +251,7 @@ def _judge_paired(job: str, metric: str, rule: Rule, paired: MetricComparison, g
     allowed = rule.allowed(estimate.baseline, 0.0)
     sign = 1 if rule.direction == "lower" else -1  # worsening = sign * delta
     least_worse, most_worse = sorted((sign * estimate.ci_low, sign * estimate.ci_high))
-    if least_worse > allowed:
-        verdict = REGRESSED if gated else INFO
-    else:
-        verdict = IMPROVED if most_worse < -allowed else OK
+    verdict = _verdict(rule, gated, worse=least_worse > allowed, better=most_worse < -allowed)
     note = "; ".join(n for n in (paired.shared_note() or "paired", "" if gated else "not gated") if n)
     return Row(
         job,

@@ -16,8 +16,7 @@ def to_markdown(comparison: Comparison) -> str:
     summary = comparison.summary()
     regressions = comparison.regressions
     lines = [
-        f"## qlora-compare: {summary['verdict']}"
-        + (f" ({len(regressions)} regression{'s' * (len(regressions) != 1)})" if regressions else ""),
+        f"## qlora-compare: {summary['verdict']}" + (f" ({len(regressions)} failing)" if regressions else ""),
         "",
         f"baseline: {comparison.jobs_baseline} jobs, current: {comparison.jobs_current} jobs, "
         f"matched on {len(comparison.key_columns)} config columns; "
@@ -34,7 +33,7 @@ def to_markdown(comparison: Comparison) -> str:
         f"{bootstrap.seed}; p: exact McNemar for 0/1 scores, else bootstrap); the others on tolerances alone"
     )
     lines += [f"- {note}" for note in comparison.notes]
-    lines += [f"- REGRESSED: `{row.job}` {row.metric} {row.note}".rstrip() for row in regressions]
+    lines += [f"- {row.verdict}: `{row.job}` {row.metric} {row.note}".rstrip() for row in regressions]
     lines += ["", _table_row(COLUMNS), _table_row(["---"] * len(COLUMNS))]
     lines += [_table_row(_cells(row)) for row in comparison.rows]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ DEFAULT_TOLERANCES = Path(__file__).resolve().with_name("tolerances.yaml")
 STDERR_SUFFIX = "_stderr"
 DIRECTIONS = ("higher", "lower")
 KINDS = ("abs", "rel", "exact")
-RULE_KEYS = ("match", "direction", "kind", "tol", "stderr_k", "gate")
+RULE_KEYS = ("match", "direction", "kind", "tol", "stderr_k", "gate", "two_sided")
 ROUNDOFF = 1e-9  # relative slack of kind "exact": float formatting (CSV round trips), not a real change
 
 
@@ -38,6 +38,9 @@ class Rule:
     tol: float = 0.0
     stderr_k: float = 0.0
     gate: bool = True
+    # A move beyond the tolerance in the good direction fails too: for metrics that should not move unless
+    # the code means them to (storage accounting, deterministic CPU runs), where a bug can "improve" them.
+    two_sided: bool = False
 
     def matches(self, metric: str) -> bool:
         return any(fnmatchcase(metric, pattern) for pattern in self.match)
@@ -117,17 +120,22 @@ def _parse_rule(raw: Any, where: str) -> Rule:
         raise CompareInputError(f"{where}: kind 'exact' takes no 'tol'")
     if kind != "exact" and "tol" not in raw:
         raise CompareInputError(f"{where}: kind {kind!r} needs a 'tol'")
-    gate = raw.get("gate", True)
-    if not isinstance(gate, bool):
-        raise CompareInputError(f"{where}: 'gate' must be true or false, got {gate!r}")
     return Rule(
         match=_patterns(raw.get("match"), where),
         direction=_choice(raw, "direction", DIRECTIONS, where),
         kind=kind,
         tol=_non_negative(raw, "tol", where),
         stderr_k=_non_negative(raw, "stderr_k", where),
-        gate=gate,
+        gate=_flag(raw, "gate", True, where),
+        two_sided=_flag(raw, "two_sided", False, where),
     )
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise CompareInputError(f"{where}: {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def _patterns(value: Any, where: str) -> tuple[str, ...]:
