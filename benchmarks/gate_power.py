@@ -12,7 +12,9 @@ plants a fault appends its pid to a log, so a fault that never reached the jobs 
     .venv/bin/python benchmarks/gate_power.py --faults clean-1 nf4-as-fp4 --out /tmp/gp
     .venv/bin/python benchmarks/gate_power.py --compare-only   # new tolerances, same sweeps: seconds
 
-Writes ``<out>/<fault>/`` (the sweep and its compare.json) and the table ``reports/ci/gate_power.md``.
+Writes ``<out>/<fault>/`` (the sweep and its compare.json), the table so far to ``<out>/gate_power.md`` after
+each fault, and the whole table to ``reports/ci/gate_power.md`` at the end (a tracked file written mid-run
+would mark the later jobs' commit ``-dirty``).
 A benchmark, not a test: it takes ~1-3 minutes per fault on 2 CPU cores.
 """
 
@@ -259,6 +261,16 @@ def _cpu() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def _sweep_commits(out: Path, outcomes: list[Outcome]) -> str:
+    """The commits the fault sweeps' jobs recorded (``env.git_commit``): with --compare-only, not this one."""
+    commits = {
+        json.loads(path.read_text()).get("env", {}).get("git_commit") or "unknown"
+        for o in outcomes
+        for path in (out / o.fault).glob("*/result.json")
+    }
+    return ", ".join(sorted(c[:7] + c[40:] for c in commits)) or "unknown"
+
+
 def _short(items: list[str], limit: int = 4) -> str:
     shown = ", ".join(f"`{item}`" for item in items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "") if items else "–"
@@ -317,7 +329,8 @@ def to_markdown(outcomes: list[Outcome], command: str, out: Path) -> str:
         "# CI gate power: planted faults",
         "",
         f"`{command}` — commit {_git_commit()}, {_cpu()}, "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}.",
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}. "
+        f"The sweeps ran at commit {_sweep_commits(out, outcomes)}.",
         "",
         f"**Caught {caught} of {len(faults)} planted faults; "
         f"{alarms} false alarm(s) in {len(clean)} clean runs.**",
@@ -371,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             outcomes.append(outcome)
-            args.report.parent.mkdir(parents=True, exist_ok=True)
-            args.report.write_text(
-                to_markdown(outcomes, command, args.out)
-            )  # partial table survives an interrupt
+            # the partial table survives an interrupt; outside the checkout, so later jobs' commit stays clean
+            (args.out / "gate_power.md").write_text(to_markdown(outcomes, command, args.out))
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(to_markdown(outcomes, command, args.out))
     print(f"table: {args.report}")
     return 0
 
