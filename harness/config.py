@@ -22,7 +22,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from harness.data.heldout import ALPACA_FILE, ALPACA_HELDOUT, HELDOUT_TASK
-from harness.quant.registry import FLOAT_DTYPES, STORAGE_TYPES, USER_CODEBOOK, validate_quant_args
+from harness.quant.registry import (
+    FLOAT_DTYPES,
+    STORAGE_TYPES,
+    USER_CODEBOOK,
+    check_storage_device,
+    validate_quant_args,
+)
 
 
 class ConfigError(ValueError):
@@ -275,9 +281,9 @@ class JobConfig:
         )
 
     def check_device(self, device: torch.device) -> None:
-        """The checks that need the device: storage kernels and paged optimizers."""
-        quant = self.quant
-        validate_quant_args(str(quant.storage), quant.blocksize, quant.double_quant, device, quant.codebook)
+        """The checks that need the device (the others ran in ``__post_init__``): storage kernels and paged
+        optimizers."""
+        check_storage_device(str(self.quant.storage), device)
         if str(self.train.optimizer).startswith("paged_") and device.type != "cuda":
             raise ConfigError(
                 f"train.optimizer={self.train.optimizer} pages optimizer state through CUDA unified memory "

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         for path, path_runs in runs.items():
             path_runs.append(spawn(path, s))
     results = {path: best_run([r for r in rs if r]) for path, rs in runs.items() if any(rs)}
+    if not results:
+        sys.exit("every run of every path failed (tracebacks above); no report written")
     text = report(s, results, limit, time.perf_counter() - start)
     failed = [path for path, rs in runs.items() if not all(rs)]
     if failed:

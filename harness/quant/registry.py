@@ -54,6 +54,16 @@ def _listing(values: tuple[object, ...]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def check_storage_device(storage: str, device: torch.device | str) -> None:
+    """A known storage type on a device it has no kernels for raises NotImplementedError."""
+    devices = STORAGE_SPECS[storage].devices
+    if devices is not None and torch.device(device).type not in devices:
+        raise NotImplementedError(
+            f"storage {storage!r} runs on bitsandbytes kernels, which this harness supports on "
+            f"{_listing(devices)}; this device is {torch.device(device).type}"
+        )
+
+
 def validate_quant_args(
     storage: str,
     blocksize: int,
@@ -79,11 +89,8 @@ def validate_quant_args(
             f"block size {blocksize!r} is not allowed for storage {storage!r}; "
             f"allowed: {_listing(ALLOWED_BLOCKSIZES)}"
         )
-    if device is not None and spec.devices is not None and torch.device(device).type not in spec.devices:
-        raise NotImplementedError(
-            f"storage {storage!r} runs on bitsandbytes kernels, which this harness supports on "
-            f"{_listing(spec.devices)}; this device is {torch.device(device).type}"
-        )
+    if device is not None:
+        check_storage_device(storage, device)
     if storage == USER_CODEBOOK:
         validate_codebook(codebook)
     return spec
