@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.perf.render import table
 from harness.device import device_name
+from harness.env import git_commit
 
 CONFIG = {  # TinyLlama-1.1B's widths, 20 blocks: 1.0 B parameters
     "hidden_size": 2048,
@@ -138,7 +139,8 @@ def report(directory: Path, runs: list[dict]) -> str:
             [
                 "# Loading a 1B-parameter model without its full-precision size in memory (CPU)",
                 f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; command: "
-                f"`python -m benchmarks.perf.big_load`; machine: {device_name(torch.device('cpu'))}, "
+                f"`python -m benchmarks.perf.big_load`; commit {git_commit()}; machine: "
+                f"{device_name(torch.device('cpu'))}, "
                 f"{os.cpu_count()} cores; load average {'/'.join(f'{v:.1f}' for v in os.getloadavg())}",
                 f"- model: random Llama, {runs[0]['params'] / 1e9:.2f} B quantized parameters ({CONFIG}), "
                 f"bf16 in {len(shards)} safetensors shards (largest {gib(largest)} GiB, total "

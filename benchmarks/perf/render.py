@@ -13,6 +13,7 @@ import torch
 
 from benchmarks.perf.paths import DATA, LORA_ALPHA, LORA_DROPOUT, LR, MAX_GRAD_NORM, MODEL, Settings
 from harness.device import device_name
+from harness.env import git_commit
 
 GOALS = {"speed": 1.5, "limit": 0.60, "memory": 0.7}  # harness vs standard, fraction of limit, peak ratio
 
@@ -50,7 +51,7 @@ def header(s: Settings, limit: dict, seconds: float) -> str:
             f"# Training throughput and memory: standard path vs qlora-bench ({device.type.upper()})",
             "",
             f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}",
-            f"- command: `{shlex.join(sys.orig_argv)}`",
+            f"- command: `{shlex.join(sys.orig_argv)}`; commit {git_commit()}",
             f"- machine: {device_name(device)}, {os.cpu_count()} cores, torch threads "
             f"{torch.get_num_threads()}, capability {torch.backends.cpu.get_cpu_capability()}; {versions}, "
             f"python {platform.python_version()}",
