@@ -217,8 +217,9 @@ class EvalConfig:
     batch_size: int = _help("lm-eval batch size", 8)
     dense_weights_mib: int = _help(
         "MiB for 4-bit weights dequantized once per evaluation (compute dtype: 2 bytes/param in bf16) "
-        "instead of on every forward; layers past it decode on the fly; 0: off",
-        1024,
+        "instead of on every forward; layers past it decode on the fly. 0 (default): every forward "
+        "dequantizes, which measured faster on a 2-core CPU (reports/perf/eval_cost.md)",
+        0,
     )
     num_fewshot: int | None = _help("few-shot examples; null: each task's default")
     bootstrap_iters: int = _help("lm-eval's bootstrap for its stderr", 1000)

@@ -417,15 +417,15 @@ def test_bad_dense_weights_budget_is_rejected(mib: object) -> None:
 
 
 def test_dense_weights_leave_every_score_as_it_was(tiny_data_dir: str) -> None:
-    """A 4-bit model with LoRA evaluated with its weights dequantized once (the default) and on every forward
-    (``dense_weights_mib=0``): the same metrics and per-document values (log-likelihoods for WikiText)."""
+    """A 4-bit model with LoRA evaluated with its weights dequantized once (``dense_weights_mib=64``) and on
+    every forward (the default): the same metrics and per-document values (log-likelihoods for WikiText)."""
     model = quantized_tiny_with_lora()
     _, tokenizer = build_tiny_model()
     tasks = ["arc_easy_local", "wikitext2_local"]
-    once = evaluate_model(model, tokenizer, EvalConfig(tasks=tasks, bootstrap_iters=0), tiny_data_dir)
-    every = evaluate_model(
-        model, tokenizer, EvalConfig(tasks=tasks, bootstrap_iters=0, dense_weights_mib=0), tiny_data_dir
+    once = evaluate_model(
+        model, tokenizer, EvalConfig(tasks=tasks, bootstrap_iters=0, dense_weights_mib=64), tiny_data_dir
     )
+    every = evaluate_model(model, tokenizer, EvalConfig(tasks=tasks, bootstrap_iters=0), tiny_data_dir)
     for task in tasks:
         assert once.metrics[task] == pytest.approx(every.metrics[task], rel=1e-4)
     assert once.samples["value"].to_numpy() == pytest.approx(every.samples["value"].to_numpy(), rel=1e-4)

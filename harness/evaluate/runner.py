@@ -77,8 +77,8 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
     with ``cfg.log_samples``, lm-eval's own per-document scores.
 
     ``data_dir`` is ``data.data_dir`` (``None``: ``$QLORA_DATA_DIR`` or the default); the ``*_local``
-    tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``. The
-    4-bit weights are dequantized once for the run, within ``cfg.dense_weights_mib`` (see
+    tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``. With
+    ``cfg.dense_weights_mib`` > 0 the 4-bit weights are dequantized once for the run (see
     :mod:`harness.evaluate.dense`).
     """
     if not cfg.tasks:
