@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.perf.measure import StepClock, memory_fields
-from harness.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
+from harness.config import LoraConfig, ModelConfig, TrainConfig, group_options
 from harness.data.collate import collate
 from harness.data.instruct import TokenizedExample, batch_order, load_records, tokenize_records
 from harness.device import choose_compute_dtype, pick_device
@@ -32,7 +32,8 @@ from harness.train.loop import prepare_for_training, train_step
 from harness.train.meters import give_back_freed_memory, reset_peak_memory
 
 MODEL = "smollm2-135m"
-DATA = "instruct/alpaca_5000.json"
+# The records a job with data=alpaca trains on (its held-out tail excluded), for every path alike.
+DATA = group_options()["data"]["alpaca"]
 LORA_ALPHA, LORA_DROPOUT, LR, MAX_GRAD_NORM = 16, 0.1, 2e-4, 0.3
 
 
@@ -76,8 +77,7 @@ def model_dir() -> Path:
 
 
 def training_examples(tokenizer, s: Settings) -> list[TokenizedExample]:
-    cfg = DataConfig(source=DATA)
-    return tokenize_records(load_records(cfg), tokenizer, cfg, s.seq_len)
+    return tokenize_records(load_records(DATA), tokenizer, DATA, s.seq_len)
 
 
 def harness_batches(examples: list[TokenizedExample], s: Settings) -> list[list[int]]:

@@ -44,7 +44,8 @@ def header(s: Settings, limit: dict, seconds: float) -> str:
         f"all-linear, batch {s.batch_size}, seq len ≤ {s.seq_len}, {s.warmup} warm-up + {s.steps} measured "
         f"steps, {str(dtype).removeprefix('torch.')} compute on every path, gradient checkpointing "
         f"{'on' if s.checkpointing else 'off'}, AdamW lr {LR}, max grad norm {MAX_GRAD_NORM}, seed {s.seed}; "
-        f"data {DATA}, the same batches in the same order on every path"
+        f"data {DATA.source} without its last {DATA.heldout} records (data=alpaca), the same batches in the "
+        "same order on every path"
     )
     return "\n".join(
         [
