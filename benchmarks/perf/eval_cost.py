@@ -29,8 +29,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from torch import device as torch_device  # noqa: E402
+
 from benchmarks.perf.__main__ import training_limit  # noqa: E402
 from benchmarks.perf.paths import MODEL, Settings  # noqa: E402
+from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
+from harness.env import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WAYS = {"before": 0, "after": 1024}  # eval.dense_weights_mib
@@ -188,23 +192,11 @@ def max_relative_difference(a: list[float], b: list[float]) -> float:
 
 def provenance() -> dict:
     """Commit (with -dirty when tracked files differ from it), machine and date, for the report header."""
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    bf16 = ", native bf16" if cpu_has_native_bf16() else ""
+    commit = git_commit() or "unknown"
     return {
-        "commit": git("rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
-        "machine": f"{cpu}, {os.cpu_count()} cores{', AVX-512 BF16' if bf16 else ''}",
+        "commit": commit[:7] + commit[40:],  # short hash, keeping a -dirty suffix
+        "machine": f"{device_name(torch_device('cpu'))}, {os.cpu_count()} cores{bf16}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
