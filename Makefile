@@ -35,6 +35,9 @@ demo: setup
 smoke: setup
 	$(BIN)/qlora-bench -m +sweep=smoke
 
+# The paper's mean zero-shot accuracy (Figure 3): one more task in the zeroshot report, compared per question.
+ZEROSHOT_MEAN = zeroshot_mean=arc_easy_local,arc_challenge_local,piqa_local,winogrande_local,hellaswag_local
+
 # Regenerate every committed report from the sweep directories under runs/ (runs/<sweep> -> reports/<sweep>;
 # the smoke sweep is the CI baseline: `make baseline`).
 # Each sweep's reference row: the paper's default of the setting it varies (default: the 16-bit row, else the first).
@@ -42,7 +45,8 @@ report: setup
 	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke) continue;; esac; \
 	  case $$n in lora_rank) ref="lora.r=64";; double_quant) ref="quant.storage=nf4 quant.double_quant=true";; \
 	    blocksize) ref="quant.storage=nf4 quant.blocksize=64";; targets) ref="lora.targets=all-linear";; *) ref="";; esac; \
-	  $(BIN)/qlora-report $$d -o reports/$$n $${ref:+--reference "$$ref"} || exit 1; done
+	  pool=""; [ $$n = zeroshot ] && pool="$(ZEROSHOT_MEAN)"; \
+	  $(BIN)/qlora-report $$d -o reports/$$n $${ref:+--reference "$$ref"} $${pool:+--pool "$$pool"} || exit 1; done
 
 # Refresh the CI baseline that .ci/run compares the smoke sweep against.
 baseline: smoke

@@ -326,3 +326,33 @@ def test_change_through_training_gets_a_paired_before_after_interval(tmp_path: P
     low, high = (float(x) for x in interval.rstrip("]").split(", "))
     assert float(value) == pytest.approx(100 * 40 / DOCS)
     assert 0 < low < float(value) < high
+
+
+def test_pool_adds_the_accuracy_over_all_documents_of_its_tasks_as_a_compared_task(tmp_path: Path) -> None:
+    """--pool mean=A,B: one more task whose value is the accuracy over A's and B's documents (A's acc_norm,
+    B's acc), compared per document: the planted fp4 drop is found on n = both tasks' documents."""
+    piqa = "piqa_local"
+    for storage in ("bf16", "fp4"):
+        frame = samples_frame(storage, DOCS)
+        arc_acc = frame[(frame["task"] == ARC) & (frame["metric"] == "acc")]
+        second = arc_acc.assign(task=piqa, doc_hash=arc_acc["doc_hash"].str.replace("0", "p", n=1), value=1.0)
+        frame = pd.concat([frame, second], ignore_index=True)
+        loss = [2.4 - 0.1 * step for step in range(10)]
+        ok_result(config_of(storage, 0), evaluation(frame), 4.5, 400.0, loss).save(
+            tmp_path / "sweep" / storage
+        )
+        write_samples(tmp_path / "sweep" / storage, {"after": frame})
+    code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "out"), "--pool", f"mean={ARC},{piqa}"])
+    assert code == 0, stderr
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("config.quant.storage")
+    for storage in ("bf16", "fp4"):
+        expected = (arc_correct(storage).sum() + DOCS) / (2 * DOCS)  # ARC right answers, then all of piqa
+        assert results.loc[storage, "eval.mean.acc"] == pytest.approx(expected)
+        assert results.loc[storage, "eval.mean.n"] == 2 * DOCS
+    row = comparison(tmp_path / "out", "fp4", "bf16", "mean", "acc")
+    assert row["n"] == 2 * DOCS
+    assert row["delta"] == pytest.approx((arc_correct("fp4") - arc_correct("bf16")).sum() / (2 * DOCS))
+    assert row["significant"]
+
+    code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "bad"), "--pool", f"mean={ARC},{WIKI}"])
+    assert code == 2 and f"no job has accuracy samples for ['{WIKI}']" in stderr

@@ -27,7 +27,7 @@ from harness.stats import (
     write_samples,
 )
 from harness.stats.paired import mde_factor
-from harness.stats.samples import COLUMNS
+from harness.stats.samples import COLUMNS, pool_tasks
 from harness.stats.steps import block_indices
 
 FAST = Bootstrap(resamples=500, seed=7)
@@ -315,3 +315,23 @@ def test_compare_samples_rejects_documents_whose_word_counts_differ():
     cur = frame("wiki", [-50.0, -80.0], "word_perplexity", "weighted_perplexity", [10.0, 21.0])
     with pytest.raises(ValueError, match="different word/byte counts"):
         compare_samples(base.assign(phase="after"), cur.assign(phase="after"), FAST)
+
+
+def test_pool_tasks_takes_each_tasks_main_accuracy_in_phases_where_all_were_scored() -> None:
+    """acc_norm where a task has it, else acc; a phase missing one of the tasks gets no pooled rows."""
+    rows = [
+        ("after", "a", 0, "h0", "acc", 0.0),
+        ("after", "a", 0, "h0", "acc_norm", 1.0),
+        ("after", "a", 1, "h1", "acc", 0.0),
+        ("after", "a", 1, "h1", "acc_norm", 1.0),
+        ("after", "b", 0, "g0", "acc", 0.0),
+        ("before", "a", 0, "h0", "acc", 1.0),
+    ]
+    frame = pd.DataFrame(rows, columns=["phase", "task", "doc_id", "doc_hash", "metric", "value"])
+    frame = frame.assign(aggregation="mean", weight=1.0)
+    pooled = pool_tasks(frame, "mean", ["a", "b"])
+    mean = pooled[pooled["task"] == "mean"]
+    assert set(mean["phase"]) == {"after"}
+    assert (mean["metric"] == "acc").all() and len(mean) == 3
+    assert mean["value"].tolist() == [1.0, 1.0, 0.0]  # a's two acc_norm (not acc), then b's acc
+    assert len(pooled) == len(frame) + 3

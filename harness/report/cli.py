@@ -17,7 +17,7 @@ import pandas as pd
 
 from harness.report.comparisons import SelectorError, Statistics, compute_statistics, select_reference
 from harness.report.figures import SavedFigure, draw_figures
-from harness.report.load import LoadedResults, load_results, ok_jobs, write_table
+from harness.report.load import LoadedResults, PoolError, load_results, ok_jobs, pool_samples, write_table
 from harness.report.metrics import configurations, key_header, label, metric_frame, row_keys, show
 from harness.report.render import (
     Block,
@@ -179,13 +179,15 @@ def default_out(dirs: Sequence[str | os.PathLike]) -> Path:
     return first.parent if first.is_file() else first
 
 
-def _statistics(ok: pd.DataFrame, reference: str | None, bootstrap: Bootstrap) -> Statistics | None:
+def _statistics(
+    ok: pd.DataFrame, samples: dict[str, pd.DataFrame], reference: str | None, bootstrap: Bootstrap
+) -> Statistics | None:
     """Rows, reference and paired comparisons of the finished jobs; None when no job finished."""
     if ok.empty:
         return None
     rows = configurations(ok, row_keys(ok))
     chosen = select_reference(ok, rows, reference)
-    return compute_statistics(ok, rows, load_samples(ok, source=None), chosen, bootstrap)
+    return compute_statistics(ok, rows, samples, chosen, bootstrap)
 
 
 def build_report(
@@ -193,6 +195,7 @@ def build_report(
     out: str | os.PathLike | None = None,
     reference: str | None = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    pools: dict[str, list[str]] | None = None,
 ) -> ReportPaths:
     """Read every ``result.json`` under ``dirs`` and write the report into ``out`` (default: the first dir).
 
@@ -202,6 +205,8 @@ def build_report(
     ``report.html`` and ``figures/*.png|svg``. Unreadable files are skipped and listed in the report and
     in ``ReportPaths.skipped``; raises :class:`NoResultsError` when nothing could be read and
     :class:`SelectorError` when ``reference`` does not pick exactly one row, before writing anything.
+    ``pools`` (``{name: tasks}``) adds each pool's accuracy over all its tasks' documents as one more task
+    (:func:`harness.report.load.pool_samples`; :class:`PoolError` when a pool names tasks no job scored).
     """
     if not dirs:
         raise NoResultsError("no directory given")
@@ -209,8 +214,10 @@ def build_report(
     if loaded.table.empty:
         searched = ", ".join(str(d) for d in dirs)
         raise NoResultsError(f"no readable result.json under {searched}", loaded.errors)
-    ok = ok_jobs(loaded.table)
-    stats = _statistics(ok, reference, bootstrap)
+    table, samples = pool_samples(loaded.table, load_samples(loaded.table, source=None), pools or {})
+    loaded = LoadedResults(table, loaded.errors)
+    ok = ok_jobs(table)
+    stats = _statistics(ok, samples, reference, bootstrap)
     out = Path(out) if out is not None else default_out(dirs)
     out.mkdir(parents=True, exist_ok=True)
     parquet, csv = write_table(loaded.table, out, "results")
@@ -242,11 +249,14 @@ outputs (in OUT):
 
 exit status:
   0  report written (unreadable result.json files are skipped and named on stderr)
-  2  no readable result.json under any DIR, a --reference that picks no row or several, or bad arguments
+  2  no readable result.json under any DIR, a --reference that picks no row or several, a --pool of
+     tasks no job scored, or bad arguments
 
 examples:
   qlora-report runs/datatypes -o reports/datatypes
   qlora-report runs/datatypes -o reports/datatypes --reference "quant.storage=nf4 quant.double_quant=true"
+  qlora-report runs/zeroshot -o reports/zeroshot \
+    --pool zeroshot_mean=arc_easy_local,arc_challenge_local,piqa_local,winogrande_local,hellaswag_local
 """
 
 
@@ -275,8 +285,27 @@ def _parser() -> argparse.ArgumentParser:
         help="the row every other is compared with, as key=value pairs ('quant.storage=bf16'); "
         "default: the 16-bit row if there is one, else the first row",
     )
+    parser.add_argument(
+        "--pool",
+        metavar="NAME=TASK,TASK,...",
+        action="append",
+        default=[],
+        help="one more task NAME: the accuracy over every document of the listed tasks (each task's "
+        "acc_norm, else acc), compared per document like any task; with equal documents per task, the "
+        "paper's mean zero-shot accuracy. Repeatable",
+    )
     add_bootstrap_options(parser)
     return parser
+
+
+def _pools(parser: argparse.ArgumentParser, specs: Sequence[str]) -> dict[str, list[str]]:
+    pools = {}
+    for spec in specs:
+        name, _, tasks = spec.partition("=")
+        if not name or not tasks:
+            parser.error(f"--pool {spec!r}: expected NAME=TASK,TASK,...")
+        pools[name] = [task for task in tasks.split(",") if task]
+    return pools
 
 
 def _warn_skipped(messages: Sequence[str]) -> None:
@@ -290,12 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bootstrap = bootstrap_from_args(parser, args)
     try:
-        paths = build_report(args.dirs, args.out, args.reference, bootstrap)
+        paths = build_report(args.dirs, args.out, args.reference, bootstrap, _pools(parser, args.pool))
     except NoResultsError as exc:
         _warn_skipped(exc.skipped)
         print(f"qlora-report: {exc}", file=sys.stderr)
         return EXIT_NO_RESULTS
-    except SelectorError as exc:
+    except (SelectorError, PoolError) as exc:
         print(f"qlora-report: {exc}", file=sys.stderr)
         return EXIT_NO_RESULTS
     _warn_skipped(paths.skipped)

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from harness.result import ResultError, find_results, flatten, read_result
+from harness.stats.samples import ACCURACY_METRICS, PHASE_PREFIX, pool_tasks
 
 # write_result stores NaN/inf as these strings (JSON has no such numbers); only measured fields get them back.
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -78,6 +79,44 @@ def ok_jobs(table: pd.DataFrame) -> pd.DataFrame:
     if "status" not in table:
         return table.iloc[0:0]
     return table[table["status"] == "ok"].reset_index(drop=True)
+
+
+class PoolError(ValueError):
+    """A ``--pool`` that names no tasks, too few, or tasks no job scored."""
+
+
+def pool_samples(
+    table: pd.DataFrame, samples: dict[str, pd.DataFrame], pools: dict[str, list[str]]
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Each pool ``name -> tasks`` as one more task of every job that scored all of them
+    (:func:`harness.stats.samples.pool_tasks`): its rows join the job's samples, and its accuracy and document
+    count join the table as ``eval.<name>.acc`` / ``.n`` (``eval_before.`` too when it was scored before)."""
+    if not pools:
+        return table, samples
+    scored = {
+        task
+        for frame in samples.values()
+        for task in frame.loc[frame["metric"].isin(ACCURACY_METRICS), "task"].unique()
+    }
+    for name, tasks in pools.items():
+        missing = sorted(set(tasks) - scored)
+        if len(tasks) < 2 or missing:
+            raise PoolError(
+                f"--pool {name}={','.join(tasks)}: needs >= 2 tasks that the jobs scored"
+                + (f"; no job has accuracy samples for {missing}" if missing else "")
+            )
+        samples = {job: pool_tasks(frame, name, tasks) for job, frame in samples.items()}
+    columns = {job: _pooled_values(frame, pools) for job, frame in samples.items()}
+    values = pd.DataFrame.from_dict(columns, orient="index").rename_axis("job_dir").reset_index()
+    return table.merge(values, on="job_dir", how="left"), samples
+
+
+def _pooled_values(frame: pd.DataFrame, pools: dict[str, list[str]]) -> dict[str, float]:
+    values = {}
+    for (phase, task), rows in frame[frame["task"].isin(pools)].groupby(["phase", "task"]):
+        values[f"{PHASE_PREFIX[phase]}.{task}.acc"] = float(rows["value"].mean())
+        values[f"{PHASE_PREFIX[phase]}.{task}.n"] = len(rows)
+    return values
 
 
 def _arrow_ready(column: pd.Series) -> bool:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +154,28 @@ def _report_samples(path: Path, jobs: Iterable[str]) -> dict[str, pd.DataFrame]:
         raise SamplesError(f"{path}: a report's samples file needs a {JOB_COLUMN!r} column")
     groups = {str(job): rows.drop(columns=JOB_COLUMN) for job, rows in frame.groupby(JOB_COLUMN, sort=False)}
     return {job: groups[job].reset_index(drop=True) for job in jobs if job in groups}
+
+
+ACCURACY_METRICS = ("acc_norm", "acc")  # a task's main accuracy: length-normalised where lm-eval has it
+
+
+def pool_tasks(frame: pd.DataFrame, name: str, tasks: Sequence[str]) -> pd.DataFrame:
+    """``frame`` plus the rows of a pseudo-task ``name``: every document of ``tasks`` with its task's main
+    accuracy (the first of :data:`ACCURACY_METRICS` it has), as metric ``acc``, in each phase where all of
+    ``tasks`` were scored.
+
+    Their mean is the accuracy over all the pooled questions; with the same number of documents per task it
+    is the paper's mean zero-shot accuracy (Figure 3), and a paired bootstrap over the pooled documents sees
+    every task's questions at once (n = the sum), which one task's few hundred cannot.
+    """
+    parts = []
+    for _, rows in frame[frame["task"].isin(tasks)].groupby("phase", sort=False):
+        picked = [_main_accuracy(rows[rows["task"] == task]) for task in tasks]
+        if all(part is not None for part in picked):
+            parts += [part.assign(task=name, metric="acc") for part in picked]
+    return pd.concat([frame, *parts], ignore_index=True) if parts else frame
+
+
+def _main_accuracy(rows: pd.DataFrame) -> pd.DataFrame | None:
+    metric = next((m for m in ACCURACY_METRICS if (rows["metric"] == m).any()), None)
+    return None if metric is None else rows[rows["metric"] == metric]
