@@ -154,3 +154,24 @@ def test_bad_arguments():
         QuantLinear(quantize(torch.randn(64)), None, torch.float32)
     with pytest.raises(TypeError, match="Conv1d"):
         storage_bytes(nn.Conv1d(2, 2, 1))
+
+
+@pytest.mark.parametrize("storage", ["nf4", "fp4"])
+@pytest.mark.parametrize(
+    ("shape", "blocksize"),
+    [((96, 128), 64), ((48, 576), 64), ((40, 100), 64), ((8, 512), 1024), ((7, 63), 64)],
+    ids=["rows-of-blocks", "smollm2-width", "rows-cut-blocks", "block-wider-than-row", "odd-width"],
+)
+def test_bnb_decode_in_weight_shape_equals_flat_decode(storage: str, shape: tuple, blocksize: int):
+    """NF4/FP4 weights whose rows hold whole blocks are decoded in their shape (the CPU kernel's fast
+    case), the others flat; every value equals the flat decode of the same codes."""
+    import bitsandbytes.functional as bnbf
+
+    from harness.quant.bnb4 import quant_state
+
+    torch.manual_seed(0)
+    qweight = quantize(torch.randn(shape), storage, blocksize, True)
+    numel = qweight.numel
+    flat = quant_state(qweight.tensors, torch.Size([numel + numel % 2]), blocksize, torch.bfloat16, storage)
+    expected = bnbf.dequantize_4bit(qweight.tensors["codes"], flat).view(-1)[:numel].view(shape)
+    assert torch.equal(qweight.dequantize(torch.bfloat16), expected)
