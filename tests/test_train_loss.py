@@ -38,3 +38,52 @@ def test_response_rows_loss_matches_full_logits_loss():
     expected = lora_grads(peft_model, full)
     for name, grad in lora_grads(peft_model, rows).items():
         assert torch.allclose(grad, expected[name], rtol=1e-4, atol=1e-7), name
+
+
+def bf16_setup(checkpointing: bool):
+    from harness.config import TrainConfig
+    from harness.train.loop import prepare_for_training
+
+    model, tokenizer = build_tiny_model()
+    names = quantizable_layer_names(model, ["lm_head"])
+    model = model.to(torch.bfloat16)
+    replace_linear_layers(model, "nf4", 64, True, torch.bfloat16, torch.device("cpu"), ["lm_head"])
+    peft_model = attach_lora(model, LoraConfig(r=4, dropout=0.1), resolve_targets("all-linear", names), 0)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    data = DataConfig(num_synthetic=8)
+    batch = collate(tokenize_records(load_records(data), tokenizer, data, 256)[:4], tokenizer.pad_token_id)
+    return prepare_for_training(peft_model, TrainConfig(gradient_checkpointing=checkpointing)), batch
+
+
+def test_bf16_step_runs_adapters_in_bf16_and_keeps_fp32_weights():
+    """In a bf16 model every LoRA matmul takes its input in bf16 (no cast up to the fp32 weights, also when
+    checkpointing recomputes), while the adapter weights, their gradients and the optimizer stay fp32; the
+    loss equals peft's fp32-adapter loss within bf16 rounding."""
+    from harness.train.loop import train_step
+
+    setup, batch = bf16_setup(checkpointing=True)
+    assert setup.compute_dtype == torch.bfloat16
+    seen: set[torch.dtype] = set()
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args: seen.add(args[0].dtype))
+        for n, m in setup.model.named_modules()
+        if n.endswith(("lora_A.default", "lora_B.default"))
+    ]
+    setup.model.eval()  # no dropout: the same loss both ways
+    with torch.no_grad():
+        fp32_adapters = causal_lm_loss(setup.model, batch, response_rows=True)
+    setup.model.train()
+    seen.clear()
+    torch.manual_seed(0)
+    loss = train_step(setup, [batch])
+    for hook in hooks:
+        hook.remove()
+    assert seen == {torch.bfloat16}
+    trainable = [p for p in setup.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(
+        s.dtype == torch.float32 for p in trainable for s in setup.optimizer.state[p].values() if s.ndim
+    )
+    assert torch.isfinite(loss) and abs(loss.item() - fp32_adapters.item()) < 0.1

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from peft.helpers import disable_input_dtype_casting
 from tqdm.auto import tqdm
 
 from harness.config import TrainConfig
@@ -110,6 +111,22 @@ class TrainingSetup:
     optimizer: torch.optim.Optimizer
     response_rows: bool
     max_grad_norm: float
+    compute_dtype: torch.dtype
+
+
+def model_compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype the frozen model computes in: the harness casts the layers it does not quantize, the input
+    embeddings among them, to the job's compute dtype."""
+    return model.get_input_embeddings().weight.dtype
+
+
+def adapter_autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    """The forward's matmuls in the compute dtype, the fp32 LoRA weights cast for them, as transformers'
+    Trainer runs a bf16 model with ``bf16=True``. Without it peft casts each adapter's input up to its
+    weights' fp32, and every LoRA matmul, dropout, scaling and sum runs in fp32 with a cast on either side
+    (reports/perf/bench_cpu.md: the step before and after). The weights, their gradients and the optimizer
+    stay fp32; checkpointing re-enters the same autocast when it recomputes."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSetup:
@@ -125,17 +142,23 @@ def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSe
     model.config.use_cache = False
     model.train()
     give_back_freed_memory()
-    return TrainingSetup(model, trainable, optimizer, response_rows_only(model), cfg.max_grad_norm)
+    return TrainingSetup(
+        model, trainable, optimizer, response_rows_only(model), cfg.max_grad_norm, model_compute_dtype(model)
+    )
 
 
 def train_step(setup: TrainingSetup, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """One optimizer step over ``micro_batches`` (on the device), gradients accumulated; returns the mean
     loss, detached and left on the device (reading it would synchronise)."""
-    total = torch.zeros((), device=micro_batches[0]["input_ids"].device)
-    for batch in micro_batches:
-        loss = causal_lm_loss(setup.model, batch, setup.response_rows) / len(micro_batches)
-        loss.backward()
-        total += loss.detach()
+    device = micro_batches[0]["input_ids"].device
+    total = torch.zeros((), device=device)
+    # peft's cast of each adapter input to fp32 stays off through backward, where checkpointing recomputes
+    with disable_input_dtype_casting(setup.model):
+        for batch in micro_batches:
+            with adapter_autocast(device, setup.compute_dtype):
+                loss = causal_lm_loss(setup.model, batch, setup.response_rows) / len(micro_batches)
+            loss.backward()
+            total += loss.detach()
     torch.nn.utils.clip_grad_norm_(setup.trainable, setup.max_grad_norm)
     setup.optimizer.step()
     setup.optimizer.zero_grad(set_to_none=True)
