@@ -375,6 +375,23 @@ def test_weight_error_is_a_column_lower_is_better() -> None:
     assert error.header == "weight error (rel. RMS) ↓"
 
 
+def test_training_columns_only_for_jobs_that_trained() -> None:
+    """A job with train.steps=0 (zero-shot sweeps) records 0 tokens/s: that is no measurement, so the column
+    shows it as missing, and a table of such jobs has no throughput or peak-memory column at all."""
+    table = pd.DataFrame(
+        {
+            "config.train.steps": [0, 10],
+            "train.tokens_per_s": [0.0, 400.0],
+            "train.peak_memory_bytes": [2**30, 2**30],
+            "quant.bits_per_param": [4.5, 4.5],
+        }
+    )
+    frame, _ = metric_frame(table)
+    assert frame["throughput (tokens/s) ↑"].isna().tolist() == [True, False]
+    frame, metrics = metric_frame(table.iloc[:1])
+    assert {m.role for m in metrics} == {"bits"}
+
+
 def test_unclear_difference_says_how_many_seeds_would_tell(report: tuple[int, str, Path]) -> None:
     """nf4 vs fp4 on ARC over 2 seeds is not significant; the finding says how much data would settle it."""
     out = report[2]

@@ -232,7 +232,8 @@ def _task_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | Non
 
 
 def _resource_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | None]]:
-    """Storage cost and its weight error, memory, speed and the loss at the first and last step."""
+    """Storage cost and its weight error, memory, speed and the loss at the first and last step (the training
+    numbers only for jobs that trained: ``train.steps=0`` records 0 tokens/s, which is no measurement)."""
     kind = "/".join(_unique(table, "train.peak_memory_kind")) or "kind unknown"
     resources = [
         Metric("bits/param (bits) ↓", "bits", LOWER, 3, "quant.bits_per_param"),
@@ -242,8 +243,13 @@ def _resource_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series |
         Metric("loss start (nats)", "loss_start", UNRANKED, 3, "train.loss_start"),
         Metric("loss end (nats) ↓", "loss_end", LOWER, 3, "train.loss_end"),
     ]
+    steps = _numeric(table, "config.train.steps")
+    trained = None if steps is None else steps > 0
     for metric in resources:
         values = _numeric(table, metric.source)
+        if values is not None and trained is not None and metric.source.startswith("train."):
+            values = values.where(trained)  # a job without training steps measured no training speed or peak
+            values = values if values.notna().any() else None
         yield metric, None if values is None else values * metric.scale
 
 
