@@ -56,11 +56,11 @@ def decode_bnb4(
     """Dequantized weight in its original shape.
 
     A weight whose rows hold whole blocks is dequantized in its shape, as bitsandbytes' Linear4bit does:
-    the CPU kernel splits its work by row, and the same weight passed flat is one row on one core (3.6x
-    slower in a bf16 training step on the 2-core EPYC). That kernel decodes wrong values where a block is
-    wider than a row and takes only an even last dim (bitsandbytes' fallback recompiles with torch.compile
-    for each shape), so other weights are dequantized flat and padded to an even length (the pad nibble
-    falls in the last block).
+    the CPU kernel splits its work by row, and the same weight passed flat is one row (on the 2-core
+    EPYC, a 1536x576 weight to bf16: 122 vs 71 us alone, 405 vs 111 us profiled in a training step).
+    That kernel decodes wrong values where a block is wider than a row and takes only an even last dim
+    (bitsandbytes' fallback recompiles with torch.compile for each shape), so other weights are
+    dequantized flat and padded to an even length (the pad nibble falls in the last block).
     """
     if len(shape) > 1 and shape[-1] % blocksize == 0:
         state = quant_state(tensors, shape, blocksize, dtype, quant_type)
