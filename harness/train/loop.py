@@ -124,8 +124,9 @@ def adapter_autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast
     """The forward's matmuls in the compute dtype, the fp32 LoRA weights cast for them, as transformers'
     Trainer runs a bf16 model with ``bf16=True``. Without it peft casts each adapter's input up to its
     weights' fp32, and every LoRA matmul, dropout, scaling and sum runs in fp32 with a cast on either side
-    (reports/perf/bench_cpu.md: the step before and after). The weights, their gradients and the optimizer
-    stay fp32; checkpointing re-enters the same autocast when it recomputes."""
+    (with the in-shape dequantize of harness.quant.bnb4, the median bf16 SmolLM2 step went from 2.91 to
+    2.07 s: reports/perf/bench_cpu*.md). The weights, their gradients and the optimizer stay fp32;
+    checkpointing re-enters the same autocast when it recomputes."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
