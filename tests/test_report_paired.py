@@ -356,3 +356,22 @@ def test_pool_adds_the_accuracy_over_all_documents_of_its_tasks_as_a_compared_ta
 
     code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "bad"), "--pool", f"mean={ARC},{WIKI}"])
     assert code == 2 and f"no job has accuracy samples for ['{WIKI}']" in stderr
+
+
+def test_finding_says_when_the_bootstrap_ci_and_exact_mcnemar_disagree() -> None:
+    """72 questions, 11 right only before and 3 only after: the percentile CI excludes 0, exact McNemar's
+    p = 0.057 does not reject; the finding says not significant and why the CI looks otherwise."""
+    from harness.report.comparisons import Comparison
+    from harness.report.metrics import Metric, Row
+    from harness.report.summary import _finding
+    from harness.stats import paired_mean
+
+    before, after = np.zeros(72), np.zeros(72)
+    before[:11], after[11:14] = 1, 1
+    estimate = paired_mean(before, after)
+    assert estimate.ci_high < 0 and not estimate.significant
+    rows = [Row(("a",), "a", [0]), Row(("b",), "b", [1])]
+    metric = Metric("t acc (%) ↑", "score", 1, 1, "eval.t.acc", 100.0, "points")
+    text = _finding(Comparison("eval.t.acc", 1, 0, estimate, "documents"), rows, metric)
+    assert "no significant difference" in text
+    assert "the bootstrap CI excludes 0 but the exact McNemar test does not reject" in text

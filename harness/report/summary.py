@@ -100,6 +100,11 @@ def _finding(comparison: Comparison, rows: list[Row], metric: Metric) -> str:
     if e.significant:
         return f"{what}: {delta}, {_p(e.p_value)} ({where}; {e.method})."
     unclear = f"{what}: no significant difference at {where} ({delta}, {_p(e.p_value)})"
+    if e.ci_low > 0 or e.ci_high < 0:  # only with an exact McNemar p: the bootstrap CI is what is too narrow
+        unclear += (
+            "; the bootstrap CI excludes 0 but the exact McNemar test does not reject: too few documents "
+            "differ for the bootstrap interval to be trusted"
+        )
     if not math.isfinite(e.mde):
         return f"{unclear}; MDE unknown (no pair differed)."
     needed = (
