@@ -244,31 +244,16 @@ def run_fault(
     return Outcome(name, description, compare_rc == 1, failing, improved, planted, sweep_s, note)
 
 
-def _git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    return out.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
-
-
-def _cpu() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
-        platform.processor(),
-    )
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def _sweep_commits(out: Path, outcomes: list[Outcome]) -> str:
     """The commits the fault sweeps' jobs recorded (``env.git_commit``): with --compare-only, not this one."""
+    from harness.env import short_commit
+
     commits = {
-        json.loads(path.read_text()).get("env", {}).get("git_commit") or "unknown"
+        short_commit(json.loads(path.read_text()).get("env", {}).get("git_commit"))
         for o in outcomes
         for path in (out / o.fault).glob("*/result.json")
     }
-    return ", ".join(sorted(c[:7] + c[40:] for c in commits)) or "unknown"
+    return ", ".join(sorted(commits)) or "unknown"
 
 
 def _short(items: list[str], limit: int = 4) -> str:
@@ -321,6 +306,11 @@ def spread_table(sweep_dirs: list[Path]) -> list[str]:
 
 
 def to_markdown(outcomes: list[Outcome], command: str, out: Path) -> str:
+    import torch  # here, not at the top: every sweep process imports this module to plant its fault
+
+    from harness.device import device_name
+    from harness.env import git_commit, short_commit
+
     faults = [o for o in outcomes if not o.fault.startswith("clean")]
     clean = [o for o in outcomes if o.fault.startswith("clean")]
     caught = sum(bool(o.caught) for o in faults)
@@ -328,7 +318,8 @@ def to_markdown(outcomes: list[Outcome], command: str, out: Path) -> str:
     lines = [
         "# CI gate power: planted faults",
         "",
-        f"`{command}` — commit {_git_commit()}, {_cpu()}, "
+        f"`{command}` — commit {short_commit(git_commit())}, {device_name(torch.device('cpu'))}, "
+        f"{os.cpu_count()} cores, "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}. "
         f"The sweeps ran at commit {_sweep_commits(out, outcomes)}.",
         "",

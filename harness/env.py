@@ -51,6 +51,11 @@ def git_commit() -> str | None:
     return f"{commit}-dirty" if dirty else commit
 
 
+def short_commit(commit: str | None) -> str:
+    """A :func:`git_commit` value as reports print it: 7 hex digits, keeping a ``-dirty`` suffix."""
+    return "unknown" if not commit else commit[:7] + commit[40:]
+
+
 def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: str) -> dict:
     """Where and how a job ran: versions, device, compute dtype (and why it was chosen), commit."""
     env = {"python": platform.python_version()}

@@ -34,7 +34,7 @@ from torch import device as torch_device  # noqa: E402
 from benchmarks.perf.__main__ import training_limit  # noqa: E402
 from benchmarks.perf.paths import MODEL, Settings  # noqa: E402
 from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
-from harness.env import git_commit  # noqa: E402
+from harness.env import git_commit, short_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WAYS = {"before": 0, "after": 1024}  # eval.dense_weights_mib
@@ -193,9 +193,8 @@ def max_relative_difference(a: list[float], b: list[float]) -> float:
 def provenance() -> dict:
     """Commit (with -dirty when tracked files differ from it), machine and date, for the report header."""
     bf16 = ", native bf16" if cpu_has_native_bf16() else ""
-    commit = git_commit() or "unknown"
     return {
-        "commit": commit[:7] + commit[40:],  # short hash, keeping a -dirty suffix
+        "commit": short_commit(git_commit()),
         "machine": f"{device_name(torch_device('cpu'))}, {os.cpu_count()} cores{bf16}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
