@@ -27,6 +27,7 @@ from harness.config import JobConfig, config_dict, validate_config
 from harness.data.instruct import load_records, tokenize_records
 from harness.device import choose_compute_dtype, dtype_name, pick_device
 from harness.env import environment
+from harness.model.attention import CPU_FP32_SDPA, choose_attention
 from harness.model.loading import load_model
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
@@ -159,6 +160,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
             checkpoint=loaded.checkpoint,
         )
     result.quant = asdict(summary)
+    result.model["attention"] = choose_attention(loaded.model, device, dtype)
     _inject_fault(job.fault)
 
     before = None
@@ -221,6 +223,7 @@ def _memory_estimate(
         compute_dtype=dtype,
         device=device,
         baseline_bytes=baseline_rss,
+        attention_fp32=model.config._attn_implementation == CPU_FP32_SDPA,
     )
     return {"memory_estimate": estimate, "memory_estimate_bytes": estimate["total"]}
 

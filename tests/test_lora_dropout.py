@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from harness.config import LoraConfig
-from harness.model.dropout import LoraDropout, keep_mask
+from harness.model.dropout import LoraDropout, keep_mask, splitmix64
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_model
@@ -20,6 +20,41 @@ def test_keep_rate_and_scale_match_p(p):
     assert keep.dtype == torch.bool
     assert keep.float().mean().item() == pytest.approx(1 - p, abs=2e-3)
     assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+def _splitmix64_reference(seed: int, count: int) -> list[int]:
+    """SplitMix64 as published (unsigned 64-bit arithmetic in Python integers), outputs as int64."""
+    mask, out, state = 2**64 - 1, [], seed % 2**64
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        out.append(z - 2**64 if z >= 2**63 else z)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1234567, -(2**63), 2**63 - 1])
+def test_splitmix64_matches_the_published_generator(seed):
+    got = splitmix64(5, seed, torch.device("cpu")).tolist()
+    assert got == _splitmix64_reference(seed, 5)
+
+
+def test_every_lane_keeps_at_the_same_rate_and_neighbours_are_uncorrelated():
+    torch.manual_seed(0)
+    keep, _ = keep_mask(torch.Size([4000, 400]), 0.1, torch.device("cpu"))
+    per_lane = keep.view(-1, 4).float().mean(0)  # the four 15-bit lanes of each 64-bit word
+    assert torch.allclose(per_lane, torch.full((4,), 0.9), atol=3e-3)
+    flat = keep.flatten().float() - 0.9
+    assert (flat[1:] * flat[:-1]).mean().item() == pytest.approx(0.0, abs=3e-3 * 0.09)
+
+
+def test_successive_calls_draw_different_masks():
+    torch.manual_seed(0)
+    first, _ = keep_mask(torch.Size([64, 64]), 0.5, torch.device("cpu"))
+    second, _ = keep_mask(torch.Size([64, 64]), 0.5, torch.device("cpu"))
+    assert (first != second).float().mean().item() == pytest.approx(0.5, abs=0.05)
 
 
 def test_output_is_unbiased_and_gradient_follows_the_mask():

@@ -31,6 +31,7 @@ def stages(s: Settings) -> dict:
     """Resident set after each stage of a job, the training peak, and the memory model's estimate."""
     from harness.config import LoraConfig, ModelConfig, QuantConfig
     from harness.data.collate import collate
+    from harness.model.attention import CPU_FP32_SDPA, choose_attention
     from harness.model.loading import load_model
     from harness.model.lora import attach_lora, resolve_targets
     from harness.model.replace import quantizable_layer_names, replace_linear_layers
@@ -48,6 +49,7 @@ def stages(s: Settings) -> dict:
     replace_linear_layers(
         loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
     )
+    attention = choose_attention(loaded.model, device, dtype)
     rss["+ quantized model (streamed load)"] = rss_bytes()
     lora = LoraConfig(r=s.rank, alpha=16, dropout=0.1, targets="all-linear")
     setup = prepare_for_training(attach_lora(loaded.model, lora, targets, s.seed), s.train_config())
@@ -71,6 +73,7 @@ def stages(s: Settings) -> dict:
         compute_dtype=dtype,
         device=device,
         baseline_bytes=rss["+ data (tokenized Alpaca)"],  # as a streamed job: RSS before any weight is read
+        attention_fp32=attention == CPU_FP32_SDPA,
     )
     return {
         "rss": rss,

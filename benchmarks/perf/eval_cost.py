@@ -33,6 +33,7 @@ from torch import device as torch_device  # noqa: E402
 
 from benchmarks.perf.__main__ import training_limit  # noqa: E402
 from benchmarks.perf.paths import MODEL, Settings  # noqa: E402
+from benchmarks.perf.paths import quantized_model as job_model  # noqa: E402
 from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
 from harness.env import git_commit, short_commit  # noqa: E402
 
@@ -87,16 +88,10 @@ def measured_hflm():
 
 def quantized_model(dtype, device):
     """The quickstart's model as a job builds it: NF4 + DQ, block 64, lm_head kept, the paper's LoRA."""
-    from harness.config import LoraConfig, ModelConfig
-    from harness.model.loading import load_model
-    from harness.model.lora import attach_lora, resolve_targets
-    from harness.model.replace import quantizable_layer_names, replace_linear_layers
+    from harness.config import LoraConfig
+    from harness.model.lora import attach_lora
 
-    loaded = load_model(ModelConfig(name_or_path=MODEL), dtype, stream_weights=True)
-    targets = resolve_targets("all-linear", quantizable_layer_names(loaded.model, ["lm_head"]))
-    replace_linear_layers(
-        loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
-    )
+    loaded, targets = job_model(dtype, device)
     return attach_lora(loaded.model, LoraConfig(), targets, seed=0), loaded.tokenizer
 
 

@@ -25,7 +25,8 @@ from harness.config import LoraConfig, ModelConfig, TrainConfig, group_options
 from harness.data.collate import collate
 from harness.data.instruct import TokenizedExample, batch_order, load_records, tokenize_records
 from harness.device import choose_compute_dtype, pick_device
-from harness.model.loading import default_cache_dir, load_model
+from harness.model.attention import choose_attention
+from harness.model.loading import LoadedModel, default_cache_dir, load_model
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.train.loop import prepare_for_training, train_step
@@ -223,18 +224,26 @@ def run_harness(s: Settings) -> dict:
     }
 
 
+def quantized_model(dtype: torch.dtype, device: torch.device) -> tuple[LoadedModel, list[str]]:
+    """The model as a job builds it (streamed load, NF4 + DQ in blocks of 64 with lm_head kept, the job's
+    attention choice) and its all-linear LoRA targets."""
+    loaded = load_model(ModelConfig(name_or_path=MODEL), dtype, stream_weights=True)
+    targets = resolve_targets("all-linear", quantizable_layer_names(loaded.model, ["lm_head"]))
+    replace_linear_layers(
+        loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
+    )
+    choose_attention(loaded.model, device, dtype)
+    return loaded, targets
+
+
 def run_bare(s: Settings) -> dict:
     """The harness's model (same load, quantization, LoRA and seeds as a job) under prepare_for_training /
     train_step and nothing else: bare vs harness isolates the job's own overhead."""
     device, dtype = s.device_and_dtype()
     give_back_freed_memory()
     torch.manual_seed(s.seed)
-    loaded = load_model(ModelConfig(name_or_path=MODEL), dtype, stream_weights=True)
-    targets = resolve_targets("all-linear", quantizable_layer_names(loaded.model, ["lm_head"]))
+    loaded, targets = quantized_model(dtype, device)
     examples = training_examples(loaded.tokenizer, s)
-    replace_linear_layers(
-        loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
-    )
     lora = LoraConfig(r=s.rank, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, targets="all-linear")
     setup = prepare_for_training(attach_lora(loaded.model, lora, targets, s.seed), s.train_config())
     tokens, losses = [], []

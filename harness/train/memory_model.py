@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.replace import is_skipped
 from harness.quant import FOUR_BIT_TYPES, theoretical_bits_per_param
 
@@ -166,27 +167,31 @@ def lora_params(shape: ModelShape, rank: int, targets: list[str]) -> int:
     return shape.layers * sum(rank * (i + o) for name, i, o in shape.linears if shape.leaf(name) in targets)
 
 
-def lora_saved(shape: ModelShape, lora, targets: list[str], tokens: int, mask_bytes: int) -> int:
+def lora_saved(
+    shape: ModelShape, lora, targets: list[str], tokens: int, compute_bytes: int, mask_bytes: int
+) -> int:
     """Bytes one block's LoRA adapters save for backward.
 
-    With dropout each target draws its own mask and keeps its own dropped input (lora_A needs it for its
-    weight gradient); without, lora_A saves its input, counted once per target (targets reading the same
-    tensor, q/k/v, share it: an upper bound of a few MiB). Plus lora_A's output.
+    With dropout each target draws its own mask and keeps its own dropped input (lora_A needs it, in the
+    compute dtype autocast runs it in, for its weight gradient); without, lora_A saves its input, counted
+    once per target (targets reading the same tensor, q/k/v, share it: an upper bound of a few MiB). Plus
+    lora_A's output.
     """
     fan_ins = [i for name, i, _ in shape.linears if shape.leaf(name) in targets]
-    per_input = mask_bytes + LORA_BYTES if lora.dropout > 0 else LORA_BYTES
-    return tokens * (sum(fan_ins) * per_input + len(fan_ins) * lora.r * LORA_BYTES)
+    per_input = mask_bytes + compute_bytes if lora.dropout > 0 else compute_bytes
+    return tokens * (sum(fan_ins) * per_input + len(fan_ins) * lora.r * compute_bytes)
 
 
-def block_saved(shape: ModelShape, tokens: int, compute_bytes: int) -> int:
+def block_saved(shape: ModelShape, tokens: int, compute_bytes: int, attention_bytes: int) -> int:
     """Bytes one block's frozen path saves for backward (LoRA excluded).
 
     Two RMSNorms keep their fp32 input; SDPA keeps q, k and v (k and v repeated to all heads when a padding
-    mask is passed) and its output; the MLP keeps the gate output, its SiLU and the up output.
+    mask is passed) and its output, in ``attention_bytes`` per element (fp32 where harness.model.attention
+    upcasts them); the MLP keeps the gate output, its SiLU and the up output.
     """
-    attention = 4 * shape.heads * shape.head_dim
-    mlp = 3 * shape.intermediate
-    return tokens * (2 * shape.hidden * 4 + (attention + mlp) * compute_bytes)
+    attention = 4 * shape.heads * shape.head_dim * attention_bytes
+    mlp = 3 * shape.intermediate * compute_bytes
+    return tokens * (2 * shape.hidden * 4 + attention + mlp)
 
 
 def activation_terms(
@@ -197,10 +202,12 @@ def activation_terms(
     batch: BatchShape,
     compute_bytes: int,
     mask_bytes: int,
+    attention_bytes: int,
 ) -> dict[str, int]:
     """Saved activations, the recomputed layer, its backward buffers and the loss buffers."""
     n = batch.tokens
-    layer = block_saved(shape, n, compute_bytes) + lora_saved(shape, lora, targets, n, mask_bytes)
+    layer = block_saved(shape, n, compute_bytes, attention_bytes)
+    layer += lora_saved(shape, lora, targets, n, compute_bytes, mask_bytes)
     final_norm = n * shape.hidden * 4
     if checkpointing:
         saved = shape.layers * n * shape.hidden * compute_bytes + final_norm
@@ -226,17 +233,18 @@ def estimate_peak_memory(
     compute_dtype: torch.dtype,
     device: torch.device,
     baseline_bytes: int = 0,
-    dropout_mask_bytes: int = 1,
+    attention_fp32: bool = False,
 ) -> dict:
     """Peak training memory in bytes: ``{"terms": {...}, "phases": {...}, "peak_phase": name, "total": n}``.
 
     ``quant``, ``lora`` and ``train`` are the job's config groups; ``targets`` the LoRA leaf names;
     ``batch`` the largest micro-batch; ``baseline_bytes`` the resident set before loading (CPU only: the
-    CUDA allocator starts empty). ``dropout_mask_bytes``: 1 for the harness's boolean LoRA dropout mask.
+    CUDA allocator starts empty). ``attention_fp32``: SDPA runs upcast to fp32 (harness.model.attention).
     Paged optimizer state lives in CUDA unified memory, outside the allocator that is measured, so it is
     reported beside the terms and left out of the total there.
     """
     compute_bytes = torch.finfo(compute_dtype).bits // 8
+    attention_bytes = 4 if attention_fp32 else compute_bytes
     trainable = lora_params(shape, lora.r, targets)
     state = round(trainable * OPTIMIZER_STATE_BYTES[train.optimizer])
     paged = device.type == "cuda" and train.optimizer.startswith("paged_")
@@ -254,7 +262,8 @@ def estimate_peak_memory(
             train.gradient_checkpointing,
             batch,
             compute_bytes,
-            dropout_mask_bytes,
+            lora_dropout_mask_bytes(device, compute_dtype),
+            attention_bytes,
         ),
     }
     resident = sum(
