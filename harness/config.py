@@ -55,6 +55,7 @@ Storage = _choices("Storage", STORAGE_TYPES)
 ComputeDtype = _choices("ComputeDtype", ("auto", *FLOAT_DTYPES))
 Optimizer = _choices("Optimizer", ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"))
 Device = _choices("Device", ("auto", "cpu", "cuda"))
+CpuHeap = _choices("CpuHeap", ("fast", "lean"))
 Fault = _choices("Fault", ("raise", "exit", "kill"))
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 
@@ -267,6 +268,11 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = _help("seed of LoRA init, data order and dropout", 0)
     device: Device = _help("auto: CUDA when available, else CPU", Device.auto)
+    cpu_heap: CpuHeap = _help(
+        "glibc's heap after loading: fast reuses freed memory; lean hands every freed block of 128 KiB or "
+        "more back at once (peak RSS follows live tensors, ~20 % lower, but ~1.7x slower on CPU)",
+        CpuHeap.fast,
+    )
     fault: Fault | None = _help("test-only: make the job fail in a chosen way", None)
 
     def __post_init__(self) -> None:

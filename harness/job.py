@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import JobConfig, config_dict, validate_config
+from harness.config import CpuHeap, JobConfig, config_dict, validate_config
 from harness.data.instruct import load_records, tokenize_records
 from harness.device import choose_compute_dtype, dtype_name, pick_device
 from harness.env import environment
@@ -35,7 +35,7 @@ from harness.result import JobResult, config_hash
 from harness.stats.samples import write_samples
 from harness.train.loop import TrainResult, train
 from harness.train.memory_model import ModelShape, estimate_peak_memory
-from harness.train.meters import give_back_freed_memory, rss_bytes
+from harness.train.meters import rss_bytes, set_heap_policy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,7 +131,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
     with timer("data"):
         records = load_records(job.data)
 
-    give_back_freed_memory()  # frees go back to the OS from here on: the resident set follows live tensors
+    set_heap_policy(lean=True)  # while loading, each full-precision tensor goes back to the OS once quantized
     baseline_rss = rss_bytes()  # libraries and data: the memory model's CPU baseline
     with timer("load"):
         loaded = load_model(job.model, dtype, stream_weights=True)
@@ -161,6 +161,7 @@ def _run(job: JobConfig, job_dir: Path, result: JobResult, timer: Timer) -> None
         )
     result.quant = asdict(summary)
     result.model["attention"] = choose_attention(loaded.model, device, dtype)
+    set_heap_policy(lean=job.cpu_heap == CpuHeap.lean)  # evaluation and training: the job's choice
     _inject_fault(job.fault)
 
     before = None

@@ -132,7 +132,9 @@ def test_unknown_key_names_close_matches(job_config, tmp_path):
     assert result.status == "failed" and "did you mean train.steps" in result.error["message"]
 
 
-@pytest.mark.parametrize("override", ["quant.storage=nf5", "train.optimizer=sgd", "quant.compute_dtype=fp8"])
+@pytest.mark.parametrize(
+    "override", ["quant.storage=nf5", "train.optimizer=sgd", "quant.compute_dtype=fp8", "cpu_heap=small"]
+)
 def test_bad_choice_fails_at_composition(job_config, override):
     """Choices are enums in the schema: Hydra rejects a bad one when it composes, listing the allowed."""
     with pytest.raises(ConfigCompositionException) as failure:
@@ -205,3 +207,10 @@ def test_failed_job_exits_nonzero_from_cli(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert read_result(tmp_path / "result.json")["status"] == "failed"
+
+
+def test_lean_heap_job_runs_and_records_its_choice(job_config, tmp_path):
+    """cpu_heap=lean changes glibc's allocator policy only: the job trains and records the choice."""
+    result = run_job(job_config(*TINY_JOB, "cpu_heap=lean"), tmp_path)
+    assert result.ok, result.error
+    assert result.config["cpu_heap"] == "lean" and result.train["tokens_per_s"] > 0

@@ -76,9 +76,9 @@ def measure(directory: Path, stream: bool) -> dict:
     from harness.config import ModelConfig
     from harness.model.loading import load_model
     from harness.model.replace import replace_linear_layers
-    from harness.train.meters import give_back_freed_memory, reset_peak_memory, rss_bytes
+    from harness.train.meters import reset_peak_memory, rss_bytes, set_heap_policy
 
-    give_back_freed_memory()
+    set_heap_policy(lean=True)  # load as a job does
     cpu = torch.device("cpu")
     baseline = rss_bytes()
     reset_peak_memory(cpu)

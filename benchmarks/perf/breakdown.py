@@ -37,10 +37,10 @@ def stages(s: Settings) -> dict:
     from harness.model.replace import quantizable_layer_names, replace_linear_layers
     from harness.train.loop import grow_batch_shape, prepare_for_training, train_step
     from harness.train.memory_model import ModelShape, estimate_peak_memory
-    from harness.train.meters import give_back_freed_memory, reset_peak_memory, rss_bytes
+    from harness.train.meters import reset_peak_memory, rss_bytes, set_heap_policy
 
     device, dtype = s.device_and_dtype()
-    give_back_freed_memory()
+    set_heap_policy(lean=True)  # load as a job does
     rss = {"baseline (libraries)": rss_bytes()}
     loaded = load_model(ModelConfig(name_or_path=MODEL), dtype, stream_weights=True)
     targets = resolve_targets("all-linear", quantizable_layer_names(loaded.model, ["lm_head"]))
@@ -50,6 +50,7 @@ def stages(s: Settings) -> dict:
         loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
     )
     attention = choose_attention(loaded.model, device, dtype)
+    set_heap_policy(lean=s.cpu_heap == "lean")
     rss["+ quantized model (streamed load)"] = rss_bytes()
     lora = LoraConfig(r=s.rank, alpha=16, dropout=0.1, targets="all-linear")
     setup = prepare_for_training(attach_lora(loaded.model, lora, targets, s.seed), s.train_config())

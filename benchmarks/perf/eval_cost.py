@@ -120,14 +120,13 @@ def run_worker(way: str, profiled: bool, args: argparse.Namespace, out: Path) ->
     from harness.device import choose_compute_dtype, pick_device
     from harness.evaluate.dense import MIB, dense_bytes
     from harness.quant import QuantLinear
-    from harness.train.meters import give_back_freed_memory, peak_memory, reset_peak_memory
+    from harness.train.meters import peak_memory, reset_peak_memory
 
     device = pick_device("auto")
     dtype = choose_compute_dtype("auto", device)[0]
     model, tokenizer = quantized_model(dtype, device)
     cfg = eval_config(args, way)
     runner.HFLM = hflm = measured_hflm()  # evaluate_model builds its HFLM from this name
-    give_back_freed_memory()
     reset_peak_memory(device)
     rss_start = peak_memory(device)["peak_memory_bytes"]
     profiler = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from harness.model.loading import LoadedModel, default_cache_dir, load_model
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.train.loop import prepare_for_training, train_step
-from harness.train.meters import give_back_freed_memory, reset_peak_memory
+from harness.train.meters import reset_peak_memory, set_heap_policy
 
 MODEL = "smollm2-135m"
 # The records a job with data=alpaca trains on (its held-out tail excluded), for every path alike.
@@ -48,6 +48,7 @@ class Settings:
     seed: int
     compute_dtype: str  # auto | bf16 | fp32: as quant.compute_dtype
     checkpointing: bool = True
+    cpu_heap: str = "fast"  # fast | lean: as the job's cpu_heap
 
     @property
     def total_steps(self) -> int:
@@ -193,6 +194,7 @@ def job_overrides(s: Settings) -> list[str]:
         f"train.gradient_checkpointing={str(s.checkpointing).lower()}",
         "train.group_by_length=true",
         f"seed={s.seed}",
+        f"cpu_heap={s.cpu_heap}",
     ]
 
 
@@ -224,15 +226,19 @@ def run_harness(s: Settings) -> dict:
     }
 
 
-def quantized_model(dtype: torch.dtype, device: torch.device) -> tuple[LoadedModel, list[str]]:
-    """The model as a job builds it (streamed load, NF4 + DQ in blocks of 64 with lm_head kept, the job's
-    attention choice) and its all-linear LoRA targets."""
+def quantized_model(
+    dtype: torch.dtype, device: torch.device, cpu_heap: str = "fast"
+) -> tuple[LoadedModel, list[str]]:
+    """The model as a job builds it (lean heap while loading, streamed load, NF4 + DQ in blocks of 64 with
+    lm_head kept, the job's attention choice, then ``cpu_heap``) and its all-linear LoRA targets."""
+    set_heap_policy(lean=True)
     loaded = load_model(ModelConfig(name_or_path=MODEL), dtype, stream_weights=True)
     targets = resolve_targets("all-linear", quantizable_layer_names(loaded.model, ["lm_head"]))
     replace_linear_layers(
         loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
     )
     choose_attention(loaded.model, device, dtype)
+    set_heap_policy(lean=cpu_heap == "lean")
     return loaded, targets
 
 
@@ -240,9 +246,8 @@ def run_bare(s: Settings) -> dict:
     """The harness's model (same load, quantization, LoRA and seeds as a job) under prepare_for_training /
     train_step and nothing else: bare vs harness isolates the job's own overhead."""
     device, dtype = s.device_and_dtype()
-    give_back_freed_memory()
     torch.manual_seed(s.seed)
-    loaded, targets = quantized_model(dtype, device)
+    loaded, targets = quantized_model(dtype, device, s.cpu_heap)
     examples = training_examples(loaded.tokenizer, s)
     lora = LoraConfig(r=s.rank, alpha=LORA_ALPHA, dropout=LORA_DROPOUT, targets="all-linear")
     setup = prepare_for_training(attach_lora(loaded.model, lora, targets, s.seed), s.train_config())
@@ -257,4 +262,14 @@ def run_bare(s: Settings) -> dict:
     return {**clock.summary(tokens, s.warmup), "loss": torch.stack(losses).tolist(), **memory_fields(device)}
 
 
-RUNNERS = {"standard": run_standard, "harness": run_harness, "bare": run_bare}
+def run_harness_lean(s: Settings) -> dict:
+    """The harness job with ``cpu_heap=lean``: the resident set follows live tensors, at a speed cost."""
+    return run_harness(replace(s, cpu_heap="lean"))
+
+
+RUNNERS = {
+    "standard": run_standard,
+    "harness": run_harness,
+    "harness_lean": run_harness_lean,
+    "bare": run_bare,
+}

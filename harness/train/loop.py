@@ -16,7 +16,7 @@ from harness.config import TrainConfig
 from harness.data.collate import collate
 from harness.data.instruct import IGNORE_INDEX, TokenizedExample, batch_order
 from harness.train.memory_model import BatchShape
-from harness.train.meters import give_back_freed_memory, peak_memory, reset_peak_memory
+from harness.train.meters import peak_memory, reset_peak_memory, trim_heap
 from harness.train.optim import build_optimizer
 
 # Model types whose causal-LM logits are exactly lm_head(final hidden state), with nothing scaled or capped.
@@ -132,7 +132,7 @@ def adapter_autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast
 
 def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSetup:
     """Optimizer over the trainable (LoRA) parameters, checkpointing as configured, train mode; frees what
-    loading left behind, so the training peak starts from the live model (``give_back_freed_memory``)."""
+    loading and evaluation left behind, so the training peak starts from the live model (``trim_heap``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
     if cfg.gradient_checkpointing:
@@ -142,7 +142,7 @@ def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSe
         model.disable_input_require_grads()
     model.config.use_cache = False
     model.train()
-    give_back_freed_memory()
+    trim_heap()
     return TrainingSetup(
         model, trainable, optimizer, response_rows_only(model), cfg.max_grad_norm, model_compute_dtype(model)
     )

@@ -14,9 +14,10 @@ each layer's input is kept, and one layer is recomputed at a time in backward.
 The peak is the largest of three moments of a step (every one after the first, when the optimizer state
 exists): the loss (all saved activations plus the logits/cross-entropy buffers), the backward of a
 recomputed layer, and the optimizer step. On CPU the measured peak is the resident set, so one more term
-counts: the process's baseline (libraries, data; measured before the model is loaded). What glibc's heap
-used to keep of freed activations (up to a forward pass's worth) is given back by
-``harness.train.meters.give_back_freed_memory`` instead of being fitted here (reports/perf/).
+counts: the process's baseline (libraries, data; measured before the model is loaded). The model counts
+live tensors, which is what the resident set follows with ``cpu_heap=lean``; with the default ``fast``
+glibc's heap also keeps freed activations (up to a forward pass's worth), which is not modelled
+(``harness.train.meters``; reports/perf/).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Memory meters and the allocator policy: CUDA allocator statistics, or the process's resident set on CPU.
 
 On CPU the measured peak is the resident set, which counts what glibc's malloc keeps of freed memory as
-well as live tensors. ``give_back_freed_memory`` makes large frees go back to the OS and returns what the
-heap holds, so that the resident set follows the live tensors (reports/perf/memory_breakdown.md).
+well as live tensors. ``set_heap_policy`` chooses between giving large frees back to the OS at once (the
+resident set follows the live tensors) and reusing them (much faster on CPU; reports/perf/).
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ import torch
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-# Allocations at least this large get their own mapping, unmapped on free. glibc's default starts at
-# 128 KiB but raises itself to the largest freed mapping (up to 32 MiB); after a model's weights are freed
-# a step's activations then come from the heap, whose freed chunks stay resident: 1.1 GiB over 420 MiB of
-# live heap on a SmolLM2-135M job. Pinned at 128 KiB the heap keeps ~30 MiB.
-MMAP_THRESHOLD_BYTES = 128 * 1024
+# lean: allocations of 128 KiB or more get their own mapping, unmapped on free, so the resident set follows
+# the live tensors (glibc's default starts there but raises itself to the largest freed mapping; after a
+# model's weights are freed, activations then come from a heap whose freed chunks stay resident). Every
+# fresh activation then faults its pages in: 18M page faults in a SmolLM2 quickstart job, 1.7x its time.
+LEAN_MMAP_THRESHOLD = 128 * 1024
+# fast: glibc's own ceiling for its dynamic threshold, fixed: freed activations are reused from the heap
+# (1.5M page faults in that job), which keeps freed chunks resident (peak RSS ~+280 MiB on it).
+FAST_MMAP_THRESHOLD = 32 * 2**20
 
 
 def rss_bytes(field: str = "VmRSS") -> int:
@@ -47,13 +50,23 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
 
 
-def give_back_freed_memory() -> bool:
-    """Pin glibc's mmap threshold (large frees are unmapped at once) and trim the heap (``malloc_trim``
-    returns its free pages); False where the C library is not glibc. Cheap and idempotent."""
+def set_heap_policy(lean: bool) -> bool:
+    """Fix glibc's mmap threshold (``LEAN_MMAP_THRESHOLD`` or ``FAST_MMAP_THRESHOLD``) and trim the heap
+    (``malloc_trim`` returns its free pages); False where the C library is not glibc. Cheap, idempotent.
+    A job loads lean (each full-precision tensor goes back to the OS once quantized), then runs training
+    and evaluation under its ``cpu_heap``."""
     libc = _glibc()
     if libc is None:
         return False
-    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else FAST_MMAP_THRESHOLD)
+    return trim_heap()
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free pages back to the OS (``malloc_trim``); False where the C library is not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
     libc.malloc_trim(0)
     return True
 
