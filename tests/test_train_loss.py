@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import harness.train.loop as loop
 from harness.config import DataConfig, LoraConfig
 from harness.data.collate import collate
 from harness.data.instruct import load_records, tokenize_records
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_model
-from harness.train.loop import causal_lm_loss, response_rows_only
+from harness.train.loop import causal_lm_loss, logit_rows_alive, response_rows_only
 
 
 def lora_grads(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -19,7 +21,11 @@ def lora_grads(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_response_rows_loss_matches_full_logits_loss():
+@pytest.mark.parametrize("chunk_rows", [None, 7])
+def test_response_rows_loss_matches_full_logits_loss(monkeypatch, chunk_rows):
+    """Also with the head run 7 rows at a time (several checkpointed chunks, the last one shorter)."""
+    if chunk_rows:
+        monkeypatch.setattr(loop, "LOSS_CHUNK_ROWS", chunk_rows)
     model, tokenizer = build_tiny_model()
     names = quantizable_layer_names(model, ["lm_head"])
     replace_linear_layers(model, "nf4", 64, True, torch.float32, torch.device("cpu"), ["lm_head"])
@@ -30,6 +36,10 @@ def test_response_rows_loss_matches_full_logits_loss():
     data = DataConfig(num_synthetic=8)
     batch = collate(tokenize_records(load_records(data), tokenizer, data, 256)[:4], tokenizer.pad_token_id)
     assert response_rows_only(peft_model)
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert logit_rows_alive(batch, True) == min(targets, loop.LOSS_CHUNK_ROWS)
+    assert chunk_rows is None or targets % chunk_rows and targets > 3 * chunk_rows
+    assert logit_rows_alive(batch, False) == batch["labels"].numel()
     peft_model.train()
 
     full = peft_model(**batch).loss

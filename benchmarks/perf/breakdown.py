@@ -35,7 +35,7 @@ def stages(s: Settings) -> dict:
     from harness.model.loading import load_model
     from harness.model.lora import attach_lora, resolve_targets
     from harness.model.replace import quantizable_layer_names, replace_linear_layers
-    from harness.train.loop import grow_batch_shape, prepare_for_training, train_step
+    from harness.train.loop import grow_batch_shape, logit_rows_alive, prepare_for_training, train_step
     from harness.train.memory_model import ModelShape, estimate_peak_memory
     from harness.train.meters import reset_peak_memory, rss_bytes, set_heap_policy
 
@@ -59,7 +59,7 @@ def stages(s: Settings) -> dict:
     largest = None
     for step, indices in enumerate(harness_batches(examples, s)):
         batch = collate([examples[i] for i in indices], loaded.tokenizer.pad_token_id)
-        largest = grow_batch_shape(largest, batch, int((batch["labels"] != -100).sum()))
+        largest = grow_batch_shape(largest, batch, logit_rows_alive(batch, setup.response_rows))
         train_step(setup, [batch])
         if step == 0:
             rss["after the first step (optimizer state exists)"] = rss_bytes()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from peft.helpers import disable_input_dtype_casting
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from harness.config import TrainConfig
@@ -21,6 +22,10 @@ from harness.train.optim import build_optimizer
 
 # Model types whose causal-LM logits are exactly lm_head(final hidden state), with nothing scaled or capped.
 PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+# Response rows whose logits exist at once: lm_head and the fp32 cross-entropy run chunk by chunk, each chunk
+# recomputed in backward, so a step holds 128 x vocab logits rather than all its response rows' (a third of
+# a SmolLM2 step's peak above the baseline), for one more lm_head forward.
+LOSS_CHUNK_ROWS = 128
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,7 +86,8 @@ def causal_lm_loss(
 
     With ``response_rows`` lm_head and the cross-entropy run on the rows that have a label only, instead of
     on every position: prompt and padding rows (half of Alpaca's tokens) then cost no B·T·V fp32 logits,
-    which on CPU are a tenth of a step's time and most of the loss's memory.
+    which on CPU are a tenth of a step's time and most of the loss's memory; and those rows go through the
+    head ``LOSS_CHUNK_ROWS`` at a time (``chunked_head_loss``).
     """
     if not response_rows:
         return model(**batch).loss
@@ -90,8 +96,28 @@ def causal_lm_loss(
     hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     rows = labels != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[:, :-1][rows])
-    return F.cross_entropy(logits.float(), labels[rows])
+    return chunked_head_loss(base.get_output_embeddings(), hidden[:, :-1][rows], labels[rows])
+
+
+def _head_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), labels, reduction="sum")
+
+
+def chunked_head_loss(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``head(hidden)`` against ``labels``, ``LOSS_CHUNK_ROWS`` rows at a time, each
+    chunk checkpointed: the same value and gradients as one call, with one chunk's logits alive."""
+    if len(labels) <= LOSS_CHUNK_ROWS:
+        return F.cross_entropy(head(hidden).float(), labels)
+    chunks = zip(hidden.split(LOSS_CHUNK_ROWS), labels.split(LOSS_CHUNK_ROWS), strict=True)
+    total = sum(checkpoint(_head_loss_sum, head, h, y, use_reentrant=False) for h, y in chunks)
+    return total / len(labels)
+
+
+def logit_rows_alive(batch: dict[str, torch.Tensor], response_rows: bool) -> int:
+    """Rows of logits alive at once in ``causal_lm_loss`` (the memory model's ``BatchShape.logit_rows``)."""
+    if not response_rows:
+        return batch["labels"].numel()
+    return min(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()), LOSS_CHUNK_ROWS)
 
 
 def grow_batch_shape(shape: BatchShape | None, batch: dict[str, torch.Tensor], logit_rows: int) -> BatchShape:
@@ -205,8 +231,7 @@ def train(
             tokens += n
             target_tokens += targets
             measured_tokens += n if step >= measure_from else 0
-            logit_rows = targets if setup.response_rows else cpu_batch["labels"].numel()
-            largest = grow_batch_shape(largest, cpu_batch, logit_rows)
+            largest = grow_batch_shape(largest, cpu_batch, logit_rows_alive(cpu_batch, setup.response_rows))
             micro_batches.append({k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()})
         pending.append(train_step(setup, micro_batches))
         step_times.append(time.perf_counter() - step_start)

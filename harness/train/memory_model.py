@@ -128,7 +128,8 @@ def block_linears(model: nn.Module, layers: int) -> tuple[tuple[str, int, int], 
 
 @dataclass(frozen=True)
 class BatchShape:
-    """The largest micro-batch: ``rows`` x ``width`` padded tokens, ``logit_rows`` rows through lm_head."""
+    """The largest micro-batch: ``rows`` x ``width`` padded tokens, ``logit_rows`` rows of logits alive at
+    once (``harness.train.loop.logit_rows_alive``)."""
 
     rows: int
     width: int
