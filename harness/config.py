@@ -270,7 +270,7 @@ class JobConfig:
     device: Device = _help("auto: CUDA when available, else CPU", Device.auto)
     cpu_heap: CpuHeap = _help(
         "glibc's heap after loading: fast reuses freed memory; lean hands every freed block of 128 KiB or "
-        "more back at once (peak RSS follows live tensors, ~20 % lower, but ~1.7x slower on CPU)",
+        "more back at once (peak RSS follows live tensors, ~20 % lower, but ~1.8x slower on CPU)",
         CpuHeap.fast,
     )
     fault: Fault | None = _help("test-only: make the job fail in a chosen way", None)

@@ -22,10 +22,11 @@ _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 # lean: allocations of 128 KiB or more get their own mapping, unmapped on free, so the resident set follows
 # the live tensors (glibc's default starts there but raises itself to the largest freed mapping; after a
 # model's weights are freed, activations then come from a heap whose freed chunks stay resident). Every
-# fresh activation then faults its pages in: 18M page faults in a SmolLM2 quickstart job, 1.7x its time.
+# fresh activation then faults its pages in: SmolLM2 NF4 training ran at 160 tokens/s against 285 with the
+# fast heap, at 1,003 against 1,294 MiB peak RSS (reports/perf/bench_cpu.md).
 LEAN_MMAP_THRESHOLD = 128 * 1024
-# fast: glibc's own ceiling for its dynamic threshold, fixed: freed activations are reused from the heap
-# (1.5M page faults in that job), which keeps freed chunks resident (peak RSS ~+280 MiB on it).
+# fast: glibc's own ceiling for its dynamic threshold, fixed: freed activations are reused from the heap,
+# which keeps freed chunks resident.
 FAST_MMAP_THRESHOLD = 32 * 2**20
 
 
