@@ -27,7 +27,7 @@ from harness.config import CpuHeap, JobConfig, config_dict, validate_config
 from harness.data.instruct import load_records, tokenize_records
 from harness.device import choose_compute_dtype, dtype_name, pick_device
 from harness.env import environment
-from harness.model.attention import CPU_FP32_SDPA, choose_attention
+from harness.model.attention import choose_attention, runs_fp32_attention
 from harness.model.loading import load_model
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
@@ -224,7 +224,7 @@ def _memory_estimate(
         compute_dtype=dtype,
         device=device,
         baseline_bytes=baseline_rss,
-        attention_fp32=model.config._attn_implementation == CPU_FP32_SDPA,
+        attention_fp32=runs_fp32_attention(model),
     )
     return {"memory_estimate": estimate, "memory_estimate_bytes": estimate["total"]}
 

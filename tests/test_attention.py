@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.model.attention import CPU_FP32_SDPA, choose_attention
+from harness.model.attention import CPU_FP32_SDPA, choose_attention, runs_fp32_attention
 from harness.model.tiny import TINY_FAMILIES, build_tiny_family, build_tiny_model
 
 CPU = torch.device("cpu")
@@ -26,8 +26,8 @@ def _copies(n: int) -> list[torch.nn.Module]:
 def test_a_bf16_cpu_model_switches_and_fp32_or_cuda_ones_do_not():
     model, other = _copies(2)
     assert choose_attention(model, CPU, torch.bfloat16) == CPU_FP32_SDPA
-    assert model.config._attn_implementation == CPU_FP32_SDPA
-    assert choose_attention(other, CPU, torch.float32) == "sdpa"
+    assert model.config._attn_implementation == CPU_FP32_SDPA and runs_fp32_attention(model)
+    assert choose_attention(other, CPU, torch.float32) == "sdpa" and not runs_fp32_attention(other)
     assert choose_attention(other, torch.device("cuda"), torch.bfloat16) == "sdpa"
     other.set_attn_implementation("eager")
     assert choose_attention(other, CPU, torch.bfloat16) == "eager"  # a user's choice is kept

@@ -31,7 +31,7 @@ def stages(s: Settings) -> dict:
     """Resident set after each stage of a job, the training peak, and the memory model's estimate."""
     from harness.config import LoraConfig, ModelConfig, QuantConfig
     from harness.data.collate import collate
-    from harness.model.attention import CPU_FP32_SDPA, choose_attention
+    from harness.model.attention import choose_attention, runs_fp32_attention
     from harness.model.loading import load_model
     from harness.model.lora import attach_lora, resolve_targets
     from harness.model.replace import quantizable_layer_names, replace_linear_layers
@@ -49,7 +49,7 @@ def stages(s: Settings) -> dict:
     replace_linear_layers(
         loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
     )
-    attention = choose_attention(loaded.model, device, dtype)
+    choose_attention(loaded.model, device, dtype)
     set_heap_policy(lean=s.cpu_heap == "lean")
     rss["+ quantized model (streamed load)"] = rss_bytes()
     lora = LoraConfig(r=s.rank, alpha=16, dropout=0.1, targets="all-linear")
@@ -74,7 +74,7 @@ def stages(s: Settings) -> dict:
         compute_dtype=dtype,
         device=device,
         baseline_bytes=rss["+ data (tokenized Alpaca)"],  # as a streamed job: RSS before any weight is read
-        attention_fp32=attention == CPU_FP32_SDPA,
+        attention_fp32=runs_fp32_attention(loaded.model),
     )
     return {
         "rss": rss,

@@ -34,6 +34,11 @@ def register_cpu_fp32_sdpa() -> None:
     AttentionMaskInterface.register(CPU_FP32_SDPA, sdpa_mask)
 
 
+def runs_fp32_attention(model: torch.nn.Module) -> bool:
+    """Whether ``choose_attention`` switched this model to ``CPU_FP32_SDPA`` (the memory model's question)."""
+    return model.config._attn_implementation == CPU_FP32_SDPA
+
+
 def choose_attention(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> str:
     """Switch a CPU model that computes below fp32 from SDPA to ``CPU_FP32_SDPA``; the implementation the
     model runs from here on (the job records it)."""
