@@ -27,10 +27,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check harness tests benchmarks
 
-# The main job: the quickstart sweep (bf16/NF4/FP4/Int4 on SmolLM2-135M, ~15 min on 2 CPU cores) + its report.
+# The main job: the quickstart sweep (bf16/NF4/FP4/Int4 on SmolLM2-135M) + its report, both under runs/
+# (untracked): the committed reports/quickstart/ changes only through `make report` at a clean commit.
+DEMO_REPORT = runs/reports/quickstart
 demo: setup
 	$(BIN)/qlora-bench -m +sweep=quickstart
-	$(BIN)/qlora-report runs/quickstart -o reports/quickstart
+	$(BIN)/qlora-report runs/quickstart -o $(DEMO_REPORT)
+	@echo "demo report: $(DEMO_REPORT)/report.md and $(DEMO_REPORT)/report.html (runs: runs/quickstart/)"
 
 smoke: setup
 	$(BIN)/qlora-bench -m +sweep=smoke
@@ -42,7 +45,9 @@ ZEROSHOT_MEAN = zeroshot_mean=arc_easy_local,arc_challenge_local,piqa_local,wino
 # the smoke sweep is the CI baseline: `make baseline`).
 # Each sweep's reference row: the paper's default of the setting it varies (default: the 16-bit row, else the first).
 report: setup
-	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke) continue;; esac; \
+	@git diff --quiet HEAD -- harness || { echo "make report: harness/ has uncommitted changes;" \
+	  "committed reports come from a clean commit (commit or stash first)"; exit 1; }
+	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke|reports) continue;; esac; \
 	  case $$n in lora_rank) ref="lora.r=64";; double_quant) ref="quant.storage=nf4 quant.double_quant=true";; \
 	    blocksize) ref="quant.storage=nf4 quant.blocksize=64";; targets) ref="lora.targets=all-linear";; *) ref="";; esac; \
 	  pool=""; [ $$n = zeroshot ] && pool="$(ZEROSHOT_MEAN)"; \
