@@ -21,7 +21,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from harness.data.heldout import ALPACA_FILE, ALPACA_HELDOUT, HELDOUT_TASK
 from harness.quant.registry import (
     FLOAT_DTYPES,
     STORAGE_TYPES,
@@ -56,7 +55,7 @@ ComputeDtype = _choices("ComputeDtype", ("auto", *FLOAT_DTYPES))
 Optimizer = _choices("Optimizer", ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"))
 Device = _choices("Device", ("auto", "cpu", "cuda"))
 CpuHeap = _choices("CpuHeap", ("fast", "lean"))
-Fault = _choices("Fault", ("raise", "exit", "kill"))
+EvalBackend = _choices("EvalBackend", ("packed", "hflm"))
 TARGET_PRESETS = ("all-linear", "attention", "mlp")
 
 
@@ -177,6 +176,13 @@ class TrainConfig:
         )
 
 
+# The held-out slice of the shipped Alpaca file (harness.data.heldout): data=alpaca never trains on its
+# last ALPACA_HELDOUT records, which the HELDOUT_TASK evaluation task scores.
+ALPACA_HELDOUT = 250
+ALPACA_FILE = "instruct/alpaca_5000.json"
+HELDOUT_TASK = "alpaca_heldout_local"
+
+
 @dataclass
 class DataConfig:
     """Training set: ``synthetic`` (generated, no files), an instruction JSON path or an HF dataset id."""
@@ -215,7 +221,12 @@ class EvalConfig:
         "lm-eval task or group names (the shipped *_local tasks work offline)", factory=list
     )
     limit: Any = _help("examples per task (int) or a fraction of each task in (0, 1]; null: all", None)
-    batch_size: int = _help("lm-eval batch size", 8)
+    backend: EvalBackend = _help(
+        "packed: each distinct token computed once (shared contexts, length batches; "
+        "harness/evaluate/packed.py); hflm: lm-eval's HFLM as is",
+        EvalBackend.packed,
+    )
+    batch_size: int = _help("lm-eval batch size (backend=hflm; packed batches by tokens)", 8)
     dense_weights_mib: int = _help(
         "MiB for 4-bit weights dequantized once per evaluation (compute dtype: 2 bytes/param in bf16) "
         "instead of on every forward; layers past it decode on the fly. 0 (default): every forward "
@@ -273,7 +284,6 @@ class JobConfig:
         "more back at once (peak RSS follows live tensors, ~20 % lower, but ~1.8x slower on CPU)",
         CpuHeap.fast,
     )
-    fault: Fault | None = _help("test-only: make the job fail in a chosen way", None)
 
     def __post_init__(self) -> None:
         trains_on_heldout = Path(self.data.source).name == Path(ALPACA_FILE).name and (

@@ -1,8 +1,9 @@
 """Evaluate the in-memory model (plain, quantized, or with LoRA adapters) with lm-eval's own API.
 
-The model object is handed to ``HFLM`` as is: no saving and reloading, no ``.to()`` that would cast
-quantized buffers (HFLM keeps a pre-built model on its device). A peft ``PeftModel`` is passed whole —
-HFLM holds one itself when it loads adapters — so its forward runs through the injected LoRA layers.
+The model object is handed to ``HFLM`` (or its subclass ``PackedLM``, ``eval.backend=packed``) as is: no
+saving and reloading, no ``.to()`` that would cast quantized buffers (HFLM keeps a pre-built model on its
+device). A peft ``PeftModel`` is passed whole — HFLM holds one itself when it loads adapters — so its forward
+runs through the injected LoRA layers.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import pandas as pd
 from lm_eval.models.huggingface import HFLM
 from torch import nn
 
-from harness.config import EvalConfig
+from harness.config import EvalBackend, EvalConfig
 from harness.evaluate.dense import MIB, dense_weights
 from harness.evaluate.metrics import task_metrics
+from harness.evaluate.packed import PackedLM
 from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, manager_for, validate_tasks
 
@@ -39,6 +41,10 @@ logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetHint())
 def lm_eval_version() -> str:
     """The installed lm-eval version, for the ``env`` block of ``result.json``."""
     return version("lm_eval")
+
+
+# eval.backend -> the lm-eval model class that wraps the in-memory model
+LM_CLASSES: dict[EvalBackend, type[HFLM]] = {EvalBackend.packed: PackedLM, EvalBackend.hflm: HFLM}
 
 
 @contextlib.contextmanager
@@ -79,13 +85,15 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
     ``data_dir`` is ``data.data_dir`` (``None``: ``$QLORA_DATA_DIR`` or the default); the ``*_local``
     tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``. With
     ``cfg.dense_weights_mib`` > 0 the 4-bit weights are dequantized once for the run (see
-    :mod:`harness.evaluate.dense`).
+    :mod:`harness.evaluate.dense`). ``cfg.backend`` picks the lm-eval model class (``LM_CLASSES``).
     """
     if not cfg.tasks:
         return Evaluation({})
     validate_tasks(cfg, data_dir)
     with _keeps_train_mode(model), _hub_hint(), dense_weights(model, cfg.dense_weights_mib * MIB):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+        lm = LM_CLASSES[EvalBackend(cfg.backend)](
+            pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size
+        )
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=list(cfg.tasks),
