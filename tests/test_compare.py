@@ -13,12 +13,14 @@ import pandas as pd
 import pytest
 import yaml
 
+from harness import result as result_module
 from harness.compare import CompareInputError, compare_results, load_tolerances
 from harness.compare.cli import main
 from harness.compare.inputs import canonical
 from harness.compare.render import _fmt
 from harness.report.load import load_results
-from harness.result import JobResult
+from harness.report.metrics import metric_frame
+from harness.result import JobResult, ResultError, column, config_hash, identity_columns
 from harness.stats import write_report_samples, write_samples
 
 STORAGES = {"nf4": 4.127, "fp4": 4.127, "int4": 4.252}  # storage type -> bits/param
@@ -49,15 +51,23 @@ def make_result(storage: str, seed: int, job_dir: Path) -> dict[str, Any]:
             "storage": storage,
             "blocksize": 64,
             "double_quant": True,
+            "weight_bytes": int(STORAGES[storage] * 1000),
+            "quantized_params": 8000,
             "bits_per_param": STORAGES[storage],
+            "layers": 14,
+            "skipped": ["lm_head"],
         },
-        "lora": {"trainable_params": 12345},
+        "lora": {"r": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "trainable_params": 12345},
         "train": {
+            "steps": 3,
+            "tokens": 384,
+            "target_tokens": 96,
             "tokens_per_s": 1500.0 + 10 * seed,
             "step_time_s_median": 0.2,
             "loss": [2.5, 2.0, 1.6 - offset],
             "loss_start": 2.5,
             "loss_end": 1.6 - offset,
+            "gradient_checkpointing": True,
             "peak_memory_bytes": 200_000_000 + 1_000_000 * seed,
             "peak_memory_kind": "rss",
         },
@@ -129,6 +139,7 @@ def test_identical_results_pass_and_every_metric_kind_is_compared(baseline, tmp_
     metrics = {line.split(" | ")[1] for line in job_rows}
     assert metrics == {
         "quant.bits_per_param",
+        "quant.weight_bytes",
         "lora.trainable_params",
         "train.tokens_per_s",
         "train.loss_end",
@@ -637,3 +648,39 @@ def test_bad_bootstrap_settings_are_a_usage_error(baseline, capsys):
 def test_table_cells_group_counts_and_keep_huge_values_short(value, cell):
     """Bytes read with separators; an untrained model's 1e80 word perplexity stays one short cell."""
     assert _fmt(value) == cell
+
+
+def test_a_baseline_recorded_with_the_retired_fault_key_matches_jobs_without_it(baseline, tmp_path):
+    """Results written while the config had the test-only ``fault`` key (as reports/baselines/smoke was)
+    match today's jobs: job identity leaves retired keys out, for hashes and table keys alike."""
+    planted = {"config.fault": lambda _: None}
+    old = write_sweep(tmp_path / "old", {(storage, seed): planted for storage in STORAGES for seed in SEEDS})
+    assert "config.fault" in load_results([old]).table
+    comparison = compare_results([old], [baseline])
+    assert comparison.exit_code == 0 and comparison.ignored_key_columns == []
+    config = make_result("nf4", 0, tmp_path)["config"]
+    assert config_hash({**config, "fault": None}) == config_hash(config)
+    committed = pd.read_csv(ROOT / "reports" / "baselines" / "smoke" / "results.csv")
+    assert "config.fault" not in identity_columns(committed.columns)
+    assert "config.data.data_dir" not in identity_columns(committed.columns)
+    assert "config.quant.storage" in identity_columns(committed.columns)
+
+
+def test_a_renamed_result_field_fails_loudly_in_reports_and_compare(baseline, monkeypatch):
+    """Readers name result columns through the block dataclasses: if ``TrainBlock.tokens_per_s`` were
+    renamed, the report's metric table and the tolerance rules naming it fail, naming the column, instead of
+    leaving a report column or a compared metric silently empty."""
+    table = load_results([baseline]).table
+    assert "throughput (tokens/s) ↑" in metric_frame(table)[0]
+    real = result_module.field_names
+
+    def renamed(block: type) -> tuple[str, ...]:
+        return tuple("tokens_per_second" if name == "tokens_per_s" else name for name in real(block))
+
+    monkeypatch.setattr(result_module, "field_names", renamed)
+    with pytest.raises(ResultError, match="'train.tokens_per_s'.*TrainBlock"):
+        metric_frame(table)
+    with pytest.raises(CompareInputError, match="train.tokens_per_s"):
+        load_tolerances()
+    with pytest.raises(ResultError, match="train.tokens_per_s"):
+        column("train", "tokens_per_s")

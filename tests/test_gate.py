@@ -93,10 +93,10 @@ def _in_planted_child(fault: str, code: str, boot: Path) -> str:
             "print(max(len(torch.unique(b)) for b in w.view(-1, 64)))",
             "7",
         ),
-        # the job module, imported after the patch, binds the patched attach_lora
+        # the recipe module, imported after the patch, binds the patched attach_lora
         (
             "no-lora-dropout",
-            "import harness.model.lora as lora; from harness.job import attach_lora; "
+            "import harness.model.lora as lora; from harness.recipe import attach_lora; "
             "print(attach_lora is lora.attach_lora and attach_lora.__name__ == '<lambda>')",
             "True",
         ),

@@ -10,8 +10,8 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from harness.config import ConfigError, DataConfig, EvalConfig, group_options, validate_config
-from harness.data.heldout import ALPACA_HELDOUT, HeldoutError, split_heldout
+from harness.config import ALPACA_HELDOUT, ConfigError, DataConfig, EvalConfig, group_options, validate_config
+from harness.data.heldout import HeldoutError, split_heldout
 from harness.data.instruct import load_records, read_records
 from harness.data.paths import DataDirError, resolve_data_dir
 from harness.data.prompts import format_prompt

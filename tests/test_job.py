@@ -20,6 +20,7 @@ from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_model
 from harness.quant import QuantLinear
 from harness.result import JobResult, read_result
+from harness.train import meters
 from harness.train.loop import train
 
 TINY_JOB = ("model=tiny", "train=smoke", "eval=none", "data.num_synthetic=128")
@@ -52,7 +53,7 @@ def test_loss_falls_on_synthetic_task(job_config, tmp_path):
     cfg = job_config(*TINY_JOB, "lora.dropout=0.0")
     result = run_job(cfg, tmp_path)
     assert result.ok, result.error
-    loss = result.train["loss"]
+    loss = result.train.loss
     assert sum(loss[-4:]) / 4 < 0.6 * sum(loss[:4]) / 4
 
 
@@ -99,6 +100,7 @@ def test_only_lora_moves_and_base_stays_packed():
     ("override", "message"),
     [
         ("quant.blocksize=48", "48"),
+        ("quant.storage=nf5", "quant.storage='nf5' is not a storage type; allowed: nf4, fp4"),
         ("lora.r=0", "lora.r=0"),
         ("lora.targets=[nope_proj]", "q_proj"),
         ("train.seq_len=100000", "100000"),
@@ -122,19 +124,17 @@ def test_bad_input_fails_with_clear_message(job_config, tmp_path, override, mess
     """Bad input is a failed result naming the key and value, written before any training happens."""
     result = run_job(job_config(*TINY_JOB, override), tmp_path)
     assert result.status == "failed"
-    assert message in result.error["message"]
+    assert message in result.error.message
     assert result.train is None and read_result(tmp_path / "result.json")["status"] == "failed"
 
 
 def test_unknown_key_names_close_matches(job_config, tmp_path):
     """A key added with ``+`` that the schema does not know fails in a single run too, with suggestions."""
     result = run_job(job_config(*TINY_JOB, "+train.step=5"), tmp_path)
-    assert result.status == "failed" and "did you mean train.steps" in result.error["message"]
+    assert result.status == "failed" and "did you mean train.steps" in result.error.message
 
 
-@pytest.mark.parametrize(
-    "override", ["quant.storage=nf5", "train.optimizer=sgd", "quant.compute_dtype=fp8", "cpu_heap=small"]
-)
+@pytest.mark.parametrize("override", ["train.optimizer=sgd", "quant.compute_dtype=fp8", "cpu_heap=small"])
 def test_bad_choice_fails_at_composition(job_config, override):
     """Choices are enums in the schema: Hydra rejects a bad one when it composes, listing the allowed."""
     with pytest.raises(ConfigCompositionException) as failure:
@@ -147,7 +147,7 @@ def test_dataset_missing_field_is_named(job_config, tmp_path):
     data = tmp_path / "data.json"
     data.write_text(json.dumps([{"instruction": "hi", "response": "there"}]))
     result = run_job(job_config(*TINY_JOB, f"data.source={data}"), tmp_path / "job")
-    assert result.status == "failed" and "['output']" in result.error["message"]
+    assert result.status == "failed" and "['output']" in result.error.message
 
 
 def test_misspelt_key_fails_at_composition(job_config):
@@ -165,10 +165,10 @@ def test_auxiliary_failure_keeps_the_run(job_config, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("dense")
 
-    monkeypatch.setattr("harness.job.estimate_peak_memory", broken)
+    monkeypatch.setattr("harness.recipe.estimate_peak_memory", broken)
     result = run_job(job_config(*TINY_JOB, "train.steps=2"), tmp_path)
     assert result.ok, result.error
-    assert result.train["steps"] == 2 and "memory_estimate" not in result.train
+    assert result.train.steps == 2 and result.train.memory_estimate is None
     assert any(c.startswith("memory estimate failed: KeyError") for c in result.caveats)
 
 
@@ -180,7 +180,7 @@ def test_failed_evaluation_keeps_training_results(job_config, tmp_path, monkeypa
 
     monkeypatch.setattr("harness.evaluate.evaluate_model", broken)
     result = run_job(job_config(*TINY_JOB, "eval=synthetic", "train.steps=2"), tmp_path)
-    assert result.status == "failed" and result.error["message"] == "evaluation broke"
+    assert result.status == "failed" and result.error.message == "evaluation broke"
     assert read_result(tmp_path / "result.json")["train"]["steps"] == 2
 
 
@@ -213,4 +213,35 @@ def test_lean_heap_job_runs_and_records_its_choice(job_config, tmp_path):
     """cpu_heap=lean changes glibc's allocator policy only: the job trains and records the choice."""
     result = run_job(job_config(*TINY_JOB, "cpu_heap=lean"), tmp_path)
     assert result.ok, result.error
-    assert result.config["cpu_heap"] == "lean" and result.train["tokens_per_s"] > 0
+    assert result.config["cpu_heap"] == "lean" and result.train.tokens_per_s > 0
+
+
+def test_failed_stage_keeps_every_block_measured_before_it(job_config, tmp_path, monkeypatch):
+    """Training that fails leaves a failed result with the environment, model, quantization and LoRA blocks
+    (measured before it) and no training or evaluation block."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("training broke")
+
+    monkeypatch.setattr("harness.recipe.train", broken)
+    result = run_job(job_config(*TINY_JOB, "eval=synthetic"), tmp_path)
+    assert result.status == "failed" and result.error.message == "training broke"
+    assert result.error.type == "RuntimeError" and "training broke" in result.error.traceback
+    assert result.env["device"] == "cpu" and result.model.attention and result.quant.layers > 0
+    assert result.lora.trainable_params > 0 and result.lora.targets
+    assert result.train is None and result.eval is None
+    assert set(read_result(tmp_path / "result.json")) == {
+        *("schema_version", "status", "config", "config_hash", "env", "model", "quant", "lora"),
+        *("caveats", "timings_s", "error"),
+    }
+
+
+@pytest.mark.parametrize("heap", ["fast", "lean"])
+def test_heap_policy_is_scoped_to_stages(job_config, tmp_path, monkeypatch, heap):
+    """Loading runs under the lean heap, training and evaluation under the job's cpu_heap; after each stage
+    the heap is fast again (glibc's own ceiling) and no stage's policy is left in force."""
+    calls = []
+    monkeypatch.setattr(meters, "_set_heap_policy", lambda lean: calls.append(lean) or True)
+    result = run_job(job_config(*TINY_JOB, "train.steps=1", f"cpu_heap={heap}"), tmp_path)
+    assert result.ok, result.error
+    assert calls == [True, False, heap == "lean", False] and meters._POLICIES == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,33 @@ from harness.report import load_results
 BENCH = [sys.executable, "-c", "from harness.cli import bench; bench()"]
 
 
-def _sweep(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _sweep(
+    sweep_dir: Path, *overrides: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*BENCH, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
         capture_output=True,
         text=True,
         timeout=900,
+        env=env,
     )
+
+
+# Planted in every process of a sweep through PYTHONPATH (as benchmarks/gate_power.py plants its faults): the
+# job process of the seed=1 job (``python -m harness.job .../seed=1/job_config.yaml ...``) dies at start-up.
+DIE_AT_SEED_1 = """import os, sys
+if sys.argv[:1] == ["-m"] and any("seed=1" in arg for arg in sys.argv[1:]):
+    os._exit(3)
+"""
+
+
+def _planted(boot: Path, sitecustomize: str) -> dict[str, str]:
+    """The environment of a sweep whose Python processes import ``sitecustomize`` first."""
+    boot.mkdir()
+    (boot / "sitecustomize.py").write_text(sitecustomize)
+    return os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(boot), os.environ.get("PYTHONPATH")]))
+    }
 
 
 def _statuses(sweep_dir: Path) -> dict[str, str]:
@@ -44,21 +65,22 @@ def test_smoke_sweep_runs_every_job_ok(tmp_path):
 
 def test_hard_crash_is_isolated_and_resume_skips_finished_jobs(tmp_path):
     """A job killed by os._exit leaves the others ok and its own record failed; a re-run skips the ok one."""
-    overrides = ("model=tiny", "train=smoke", "train.steps=3", "eval=none", "fault=null,exit")
-    first = _sweep(tmp_path, *overrides)
+    sweep_dir, env = tmp_path / "sweep", _planted(tmp_path / "boot", DIE_AT_SEED_1)
+    overrides = ("model=tiny", "train=smoke", "train.steps=3", "eval=none", "seed=0,1")
+    first = _sweep(sweep_dir, *overrides, env=env)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
-    statuses = {("exit" if "fault=exit" in name else "null"): s for name, s in _statuses(tmp_path).items()}
-    assert statuses == {"null": "ok", "exit": "failed"}
-    table = load_results([tmp_path]).table
+    statuses = {("died" if "seed=1" in name else "ok"): s for name, s in _statuses(sweep_dir).items()}
+    assert statuses == {"ok": "ok", "died": "failed"}
+    table = load_results([sweep_dir]).table
     failed = table[table["status"] == "failed"].iloc[0]
     assert "exited with code 3" in failed["error.message"]
     assert "1 ok, 1 failed, 0 skipped" in first.stdout
 
-    second = _sweep(tmp_path, *overrides)
+    second = _sweep(sweep_dir, *overrides, env=env)
     assert second.returncode == 1
     assert "0 ok, 1 failed, 1 skipped" in second.stdout
 
-    forced = _sweep(tmp_path, *overrides, "+force=true")
+    forced = _sweep(sweep_dir, *overrides, "+force=true", env=env)
     assert "1 ok, 1 failed, 0 skipped" in forced.stdout
 
 

@@ -21,8 +21,8 @@ from benchmarks.perf.measure import (  # noqa: E402
     matmul_rate,
     training_flops_per_token,
 )
-from benchmarks.perf.paths import RUNNERS, Settings, model_dir  # noqa: E402
 from benchmarks.perf.render import report  # noqa: E402
+from benchmarks.perf.training_paths import RUNNERS, Settings, model_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -72,26 +72,26 @@ def write_random_llama(directory: Path) -> None:
 
 
 def measure(directory: Path, stream: bool) -> dict:
-    """In this process: baseline, load + quantize (NF4 + DQ, bf16 compute), peak resident set."""
-    from harness.config import ModelConfig
+    """In this process: baseline, load + quantize (the default quant=nf4: NF4 + DQ; bf16 compute) by the
+    job's quantize stage, under the job's loading heap; peak resident set."""
+    from harness.config import ModelConfig, QuantConfig
     from harness.model.loading import load_model
-    from harness.model.replace import replace_linear_layers
-    from harness.train.meters import reset_peak_memory, rss_bytes, set_heap_policy
+    from harness.recipe import Runtime, quantize
+    from harness.train.meters import heap_policy, reset_peak_memory, rss_bytes
 
-    set_heap_policy(lean=True)  # load as a job does
-    cpu = torch.device("cpu")
-    baseline = rss_bytes()
-    reset_peak_memory(cpu)
-    loaded = load_model(ModelConfig(name_or_path=str(directory)), torch.bfloat16, stream_weights=stream)
-    summary = replace_linear_layers(
-        loaded.model, "nf4", 64, True, torch.bfloat16, cpu, ["lm_head"], checkpoint=loaded.checkpoint
-    )
+    runtime = Runtime(torch.device("cpu"), torch.bfloat16, "set by the benchmark")
+    with heap_policy(lean=True):  # load as a job does
+        baseline = rss_bytes()
+        reset_peak_memory(runtime.device)
+        loaded = load_model(ModelConfig(name_or_path=str(directory)), runtime.dtype, stream_weights=stream)
+        summary = quantize(QuantConfig(), runtime, loaded)
+        peak, end = rss_bytes("VmHWM"), rss_bytes()
     tensors = {id(t): t.nbytes for t in [*loaded.model.parameters(), *loaded.model.buffers()]}
     return {
         "stream": stream,
         "baseline": baseline,
-        "peak": rss_bytes("VmHWM"),
-        "end": rss_bytes(),
+        "peak": peak,
+        "end": end,
         "model_bytes": sum(tensors.values()),
         "quantized_weight_bytes": summary.weight_bytes,
         "params": summary.quantized_params,

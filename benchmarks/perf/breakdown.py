@@ -20,66 +20,45 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.perf.paths import MODEL, Settings, harness_batches, training_examples
-from benchmarks.perf.render import mib, table
+from benchmarks.perf.render import job_setup, mib, table
+from benchmarks.perf.training_paths import MODEL, Settings, harness_batches
 from harness.device import device_name
 
 SETTINGS = Settings(steps=4, warmup=1, rank=16, seq_len=256, batch_size=4, seed=0, compute_dtype="fp32")
 
 
 def stages(s: Settings) -> dict:
-    """Resident set after each stage of a job, the training peak, and the memory model's estimate."""
-    from harness.config import LoraConfig, ModelConfig, QuantConfig
+    """Resident set after each stage of a job (the job's own stages, harness.recipe), the training peak, and
+    the memory model's estimate."""
+    from harness.config import CpuHeap
     from harness.data.collate import collate
-    from harness.model.attention import choose_attention, runs_fp32_attention
-    from harness.model.loading import load_model
-    from harness.model.lora import attach_lora, resolve_targets
-    from harness.model.replace import quantizable_layer_names, replace_linear_layers
+    from harness.recipe import Timer, attach_adapters, finish, memory_estimate, prepare_model, setup
     from harness.train.loop import grow_batch_shape, logit_rows_alive, prepare_for_training, train_step
-    from harness.train.memory_model import ModelShape, estimate_peak_memory
-    from harness.train.meters import reset_peak_memory, rss_bytes, set_heap_policy
+    from harness.train.meters import heap_policy, reset_peak_memory, rss_bytes
 
-    device, dtype = s.device_and_dtype()
-    set_heap_policy(lean=True)  # load as a job does
+    job = s.job_config()
+    runtime = setup(job)
     rss = {"baseline (libraries)": rss_bytes()}
-    loaded = load_model(ModelConfig(name_or_path=MODEL), dtype, stream_weights=True)
-    targets = resolve_targets("all-linear", quantizable_layer_names(loaded.model, ["lm_head"]))
-    examples = training_examples(loaded.tokenizer, s)
-    rss["+ data (tokenized Alpaca)"] = rss_bytes()
-    replace_linear_layers(
-        loaded.model, "nf4", 64, True, dtype, device, ["lm_head"], checkpoint=loaded.checkpoint
-    )
-    choose_attention(loaded.model, device, dtype)
-    set_heap_policy(lean=s.cpu_heap == "lean")
+    base = finish(prepare_model(job, runtime, Timer()))
+    rss["+ data (tokenized Alpaca)"] = base.baseline_rss  # a streamed load: RSS before any weight is read
     rss["+ quantized model (streamed load)"] = rss_bytes()
-    lora = LoraConfig(r=s.rank, alpha=16, dropout=0.1, targets="all-linear")
-    setup = prepare_for_training(attach_lora(loaded.model, lora, targets, s.seed), s.train_config())
-    rss["+ LoRA (peft import, adapters), training setup"] = rss_bytes()
-    reset_peak_memory(device)
-    largest = None
-    for step, indices in enumerate(harness_batches(examples, s)):
-        batch = collate([examples[i] for i in indices], loaded.tokenizer.pad_token_id)
-        largest = grow_batch_shape(largest, batch, logit_rows_alive(batch, setup.response_rows))
-        train_step(setup, [batch])
-        if step == 0:
-            rss["after the first step (optimizer state exists)"] = rss_bytes()
-    rss["training peak (VmHWM)"] = rss_bytes("VmHWM")
-    estimate = estimate_peak_memory(
-        ModelShape.from_model(setup.model),
-        QuantConfig(),
-        lora,
-        s.train_config(),
-        targets=targets,
-        batch=largest,
-        compute_dtype=dtype,
-        device=device,
-        baseline_bytes=rss["+ data (tokenized Alpaca)"],  # as a streamed job: RSS before any weight is read
-        attention_fp32=runs_fp32_attention(loaded.model),
-    )
+    model, _ = attach_adapters(job, base)
+    with heap_policy(lean=job.cpu_heap == CpuHeap.lean):
+        setup_ = prepare_for_training(model, job.train)
+        rss["+ LoRA (peft import, adapters), training setup"] = rss_bytes()
+        reset_peak_memory(runtime.device)
+        largest = None
+        for step, indices in enumerate(harness_batches(base.examples, job)):
+            batch = collate([base.examples[i] for i in indices], base.loaded.tokenizer.pad_token_id)
+            largest = grow_batch_shape(largest, batch, logit_rows_alive(batch, setup_.response_rows))
+            train_step(setup_, [batch])
+            if step == 0:
+                rss["after the first step (optimizer state exists)"] = rss_bytes()
+        rss["training peak (VmHWM)"] = rss_bytes("VmHWM")
     return {
         "rss": rss,
-        "estimate": estimate,
-        "dtype": str(dtype).removeprefix("torch."),
+        "estimate": memory_estimate(job, runtime, base, largest)["memory_estimate"],
+        "dtype": str(runtime.dtype).removeprefix("torch."),
         "batch": vars(largest),
     }
 
@@ -129,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`python -m benchmarks.perf.breakdown`; machine: {device_name(torch.device('cpu'))}, "
         f"{os.cpu_count()} cores; load {'/'.join(f'{v:.1f}' for v in load_before)} → "
         f"{'/'.join(f'{v:.1f}' for v in os.getloadavg())}\n"
-        f"- setup: NF4 + DQ block 64, LoRA r {SETTINGS.rank} all-linear dropout 0.1, batch "
-        f"{SETTINGS.batch_size} x ≤ {SETTINGS.seq_len} Alpaca tokens, checkpointing, AdamW; "
-        f"{SETTINGS.total_steps} steps; resident set from /proc/self/status, peak = VmHWM reset at train "
+        f"- setup: {job_setup(SETTINGS)}; resident set from /proc/self/status, peak = VmHWM reset at train "
         "start"
     )
     text = "\n\n".join([header, *map(section, results)]) + "\n"

@@ -32,8 +32,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from torch import device as torch_device  # noqa: E402
 
 from benchmarks.perf.__main__ import training_limit  # noqa: E402
-from benchmarks.perf.paths import MODEL, Settings  # noqa: E402
-from benchmarks.perf.paths import quantized_model as job_model  # noqa: E402
+from benchmarks.perf.training_paths import MODEL, Settings  # noqa: E402
+from benchmarks.perf.training_paths import quantized_model as job_model  # noqa: E402
 from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
 from harness.env import git_commit, short_commit  # noqa: E402
 

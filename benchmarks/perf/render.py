@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from benchmarks.perf.paths import DATA, LORA_ALPHA, LORA_DROPOUT, LR, MAX_GRAD_NORM, MODEL, Settings
+from benchmarks.perf.training_paths import MODEL, Settings
 from harness.device import device_name
 from harness.env import git_commit
 
@@ -31,6 +31,20 @@ def load(values) -> str:
     return "/".join(f"{v:.1f}" for v in values)
 
 
+def job_setup(s: Settings) -> str:
+    """What the benchmark's job is, read from its config: model, storage, LoRA, batches, optimizer, data."""
+    job = s.job_config()
+    quant, lora, train, data = job.quant, job.lora, job.train, job.data
+    return (
+        f"{MODEL}, {quant.storage}{' + double quant' if quant.double_quant else ''}, "
+        f"block {quant.blocksize}, LoRA r {lora.r} alpha {lora.alpha:g} dropout {lora.dropout} "
+        f"{lora.targets}, batch {train.batch_size}, seq len ≤ {train.seq_len}, {s.warmup} warm-up + "
+        f"{s.steps} measured steps, gradient checkpointing {'on' if train.gradient_checkpointing else 'off'}"
+        f", AdamW lr {train.lr}, max grad norm {train.max_grad_norm}, seed {job.seed}; data {data.source} "
+        f"without its last {data.heldout} records (data=alpaca)"
+    )
+
+
 def header(s: Settings, limit: dict, seconds: float) -> str:
     device, dtype = s.device_and_dtype()
     memory = (
@@ -40,11 +54,7 @@ def header(s: Settings, limit: dict, seconds: float) -> str:
         f"{name} {__import__(name).__version__}" for name in ("torch", "transformers", "peft", "bitsandbytes")
     )
     setup = (
-        f"{MODEL}, NF4 + double quant, block 64, LoRA r {s.rank} alpha {LORA_ALPHA} dropout {LORA_DROPOUT} "
-        f"all-linear, batch {s.batch_size}, seq len ≤ {s.seq_len}, {s.warmup} warm-up + {s.steps} measured "
-        f"steps, {str(dtype).removeprefix('torch.')} compute on every path, gradient checkpointing "
-        f"{'on' if s.checkpointing else 'off'}, AdamW lr {LR}, max grad norm {MAX_GRAD_NORM}, seed {s.seed}; "
-        f"data {DATA.source} without its last {DATA.heldout} records (data=alpaca), the same batches in the "
+        f"{job_setup(s)}; {str(dtype).removeprefix('torch.')} compute on every path, the same batches in the "
         "same order on every path"
     )
     return "\n".join(

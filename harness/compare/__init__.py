@@ -1,8 +1,9 @@
 """Regression tracking: compare a sweep's results with a committed baseline, per metric and tolerance.
 
-Jobs are matched by a key made of every ``config.*`` column except ``inputs.NON_KEY_COLUMNS``, the keys
-:func:`harness.result.job_identity` leaves out (``fault``, ``model.cache_dir``, ``data.data_dir``,
-``eval.include_path``); that is model, quant (storage, blocksize, double_quant, compute_dtype,
+Jobs are matched by a key made of the ``config.*`` columns of their identity
+(:func:`harness.result.identity_columns`: every config key but those :func:`harness.result.job_identity`
+leaves out, ``model.cache_dir``, ``data.data_dir``, ``eval.include_path`` and the retired ``fault``); that
+is model, quant (storage, blocksize, double_quant, compute_dtype,
 skip_modules), lora (r, alpha, dropout, targets), train (steps, batch_size, seq_len, lr, optimizer, …),
 data (source, …), eval (tasks, limit, …), seed and device. A config column that only one side has
 (a field added since the baseline) is left out of the key and reported. ``env`` (library versions,

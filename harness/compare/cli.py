@@ -10,12 +10,12 @@ from pathlib import Path
 
 from harness.compare.compare import compare_results
 from harness.compare.errors import CompareInputError
-from harness.compare.inputs import NON_KEY_COLUMNS
 from harness.compare.render import to_json, to_markdown
 from harness.compare.tolerances import DEFAULT_TOLERANCES, load_tolerances
+from harness.result import CONFIG_PREFIX, NOT_IDENTITY_KEYS, column
 from harness.stats.paired import add_bootstrap_options, bootstrap_from_args
 
-THROUGHPUT_METRICS = ("train.tokens_per_s",)
+THROUGHPUT_METRICS = (column("train", "tokens_per_s"),)
 
 DESCRIPTION = """\
 Compare the results of a sweep (CURRENT) against a recorded baseline (BASELINE) and fail when a
@@ -23,7 +23,7 @@ metric worsened beyond its tolerance.
 
 Inputs: each of BASELINE and CURRENT is a results table written by qlora-report (results.csv or
 results.parquet), a sweep directory (every result.json below it is read) or one result.json.
-Jobs are matched by their config.* columns except machine-local paths and test switches:
+Jobs are matched by their config.* columns except machine-local paths and retired keys:
 {non_key}
 Config columns that only one side has (fields added since the baseline) are left out of the match
 and listed. Table cells that CSV turned into text (lists, NaN for None) match their result.json values.
@@ -61,10 +61,11 @@ refreshing a baseline (after an intended change, from a sweep that ran on the CI
 
 
 def build_parser() -> argparse.ArgumentParser:
+    non_key = ", ".join(CONFIG_PREFIX + key for key in NOT_IDENTITY_KEYS)
     parser = argparse.ArgumentParser(
         prog="qlora-compare",
         description=DESCRIPTION.format(
-            non_key=textwrap.fill(", ".join(NON_KEY_COLUMNS), 96, initial_indent="  ", subsequent_indent="  ")
+            non_key=textwrap.fill(non_key, 96, initial_indent="  ", subsequent_indent="  ")
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

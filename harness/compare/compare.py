@@ -23,6 +23,7 @@ import pandas as pd
 from harness.compare.errors import CompareInputError
 from harness.compare.inputs import JobKey, Side, job_keys, job_labels, key_columns, load_side
 from harness.compare.tolerances import STDERR_SUFFIX, Rule, Tolerances, load_tolerances
+from harness.result import column
 from harness.stats.jobs import MetricComparison, compare_samples
 from harness.stats.paired import DEFAULT_BOOTSTRAP, Bootstrap
 
@@ -290,5 +291,5 @@ def _number(value: Any) -> float | None:
 
 def _error(row: pd.Series) -> str:
     """``Type: message`` of a failed job, for the row's note."""
-    parts = [row.get(c) for c in ("error.type", "error.message")]
+    parts = [row.get(column("error", name)) for name in ("type", "message")]
     return ": ".join(p for p in parts if isinstance(p, str) and p) or "no error recorded"

@@ -1,9 +1,9 @@
 """One side of a comparison: results tables or sweep directories, and the config key of each job.
 
-A job is identified by its ``config.*`` columns, except :data:`NON_KEY_COLUMNS`: the config keys that
-:func:`harness.result.job_identity` leaves out (machine-local paths and test-only switches), the one
-definition of "the same job". Columns present on only one side, such as a config field added after the
-baseline was recorded, are left out of the key and reported.
+A job is identified by the ``config.*`` columns of its identity (:func:`harness.result.identity_columns`:
+:func:`harness.result.job_identity`, the one definition of "the same job", applied to the table's config
+columns; machine-local paths and retired keys are not part of it). Columns present on only one side, such
+as a config field added after the baseline was recorded, are left out of the key and reported.
 
 Each side also carries its jobs' per-sample results where they exist (``samples.parquet`` in each job
 directory, or beside a results table; layout in :mod:`harness.stats.samples`).
@@ -25,10 +25,9 @@ import pandas as pd
 
 from harness.compare.errors import CompareInputError
 from harness.report.load import load_results
-from harness.result import MACHINE_LOCAL_KEYS
+from harness.result import identity_columns
 from harness.stats.samples import SamplesError, load_samples
 
-NON_KEY_COLUMNS = tuple(f"config.{key}" for key in MACHINE_LOCAL_KEYS)
 TABLE_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
 
 JobKey = tuple[str, ...]
@@ -85,12 +84,8 @@ def _read_table(path: Path, side: str) -> pd.DataFrame:
 
 
 def key_columns(baseline: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """(columns both sides are keyed by, config columns left out because only one side has them)."""
-
-    def config_columns(table: pd.DataFrame) -> set[str]:
-        return {c for c in table.columns if c.startswith("config.") and c not in NON_KEY_COLUMNS}
-
-    base, cur = config_columns(baseline), config_columns(current)
+    """(columns both sides are keyed by, identity columns left out because only one side has them)."""
+    base, cur = set(identity_columns(baseline.columns)), set(identity_columns(current.columns))
     return sorted(base & cur), sorted(base ^ cur)
 
 

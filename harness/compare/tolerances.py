@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from harness.compare.errors import CompareInputError
+from harness.result import BLOCKS, ResultError, column
 
 DEFAULT_TOLERANCES = Path(__file__).resolve().with_name("tolerances.yaml")
 STDERR_SUFFIX = "_stderr"
@@ -144,7 +145,20 @@ def _patterns(value: Any, where: str) -> tuple[str, ...]:
         raise CompareInputError(
             f"{where}: 'match' must be a glob or a non-empty list of globs, got {value!r}"
         )
+    for pattern in patterns:
+        _check_field(pattern, where)
     return tuple(patterns)
+
+
+def _check_field(pattern: str, where: str) -> None:
+    """A glob that names a result block's field literally (``train.peak_memory_bytes``) must name one its
+    dataclass has: a renamed field fails here instead of leaving its metric uncompared."""
+    block, *path = pattern.split(".")
+    if block in BLOCKS and path and not any(char in path[0] for char in "*?["):
+        try:
+            column(block, *path)
+        except ResultError as exc:
+            raise CompareInputError(f"{where}: {exc}") from exc
 
 
 def _choice(raw: dict[str, Any], key: str, choices: tuple[str, ...], where: str) -> str:

@@ -4,7 +4,7 @@ A split by record index (not a random draw) needs no seed and no stored list of 
 ``data.source`` and ``data.heldout`` name it exactly, and every job of a sweep holds out the same records.
 Training reads the records before the slice (:func:`harness.data.instruct.load_records`); the
 ``alpaca_heldout_local`` evaluation task reads the slice itself, so fine-tuning findings can be measured
-on instructions the adapters never saw.
+on instructions the adapters never saw. The shipped Alpaca file's slice is ``harness.config.ALPACA_HELDOUT``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,6 @@ from __future__ import annotations
 from typing import TypeVar
 
 Record = TypeVar("Record")
-
-# Records held out of instruct/alpaca_5000.json by data=alpaca and scored by alpaca_heldout_local.
-ALPACA_HELDOUT = 250
-ALPACA_FILE = "instruct/alpaca_5000.json"
-HELDOUT_TASK = "alpaca_heldout_local"
 
 
 class HeldoutError(ValueError):

@@ -7,8 +7,6 @@ GPT-2's ``Conv1D`` layers go the same way, as the linear layer they are (see ``a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -16,21 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from harness.model.checkpoint import ShardedCheckpoint
 from harness.quant import frozen_linear, reconstruction_error, storage_bytes, weight_error_summary
-
-
-@dataclass
-class QuantizationSummary:
-    storage: str
-    blocksize: int
-    double_quant: bool
-    weight_bytes: int  # bytes of the quantized layers' weight storage, measured from their tensors
-    quantized_params: int
-    bits_per_param: float
-    layers: int
-    skipped: list[str]
-    # harness.quant.weight_error_summary: rel_rms, max_layer_rel_rms, worst_layer (deterministic)
-    weight_error: dict[str, float | str | None]
-
+from harness.result import QuantBlock
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
 
@@ -86,7 +70,7 @@ def replace_linear_layers(
     skip_modules: list[str],
     codebook: list[float] | None = None,
     checkpoint: ShardedCheckpoint | None = None,
-) -> QuantizationSummary:
+) -> QuantBlock:
     """Quantize every linear layer except ``skip_modules`` in place, one layer at a time on ``device``.
 
     Layer-by-layer keeps peak memory near the quantized size instead of holding a full-precision copy
@@ -111,7 +95,7 @@ def replace_linear_layers(
     for param in model.parameters():
         param.requires_grad_(False)
     _move_unquantized(model, device, compute_dtype, quantized=set(targets), checkpoint=checkpoint)
-    return QuantizationSummary(
+    return QuantBlock(
         storage=storage,
         blocksize=blocksize,
         double_quant=double_quant,

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from harness.quant.registry import STORAGE_SPECS
-from harness.result import MACHINE_LOCAL_KEYS
+from harness.result import column, identity_columns
 
 HIGHER, LOWER, UNRANKED = 1, -1, 0
 
@@ -28,9 +28,6 @@ _PERCENT = frozenset({"acc", "acc_norm", "exact_match", "f1", "mc1", "mc2"})
 _LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "error", "brier")
 _MIB = 2**20
 
-# Config keys that differ between jobs without being what a sweep compares (any key named ``seed`` too):
-# the keys job identity leaves out (machine-local paths, fault injection).
-_NOT_VARIATIONS = frozenset(f"config.{key}" for key in MACHINE_LOCAL_KEYS)
 _CONFIG_UNITS = {
     "quant.blocksize": "weights/scale",
     "lora.r": "rank",
@@ -39,10 +36,10 @@ _CONFIG_UNITS = {
     "train.seq_len": "tokens",
     "train.batch_size": "sequences",
 }
-_DEFAULT_KEY = "config.model.name_or_path"
-STORAGE = "config.quant.storage"
-WEIGHT_ERROR = "quant.weight_error.rel_rms"  # relative RMS error of the stored weights
-BLOCKWISE_SETTINGS = ("config.quant.blocksize", "config.quant.double_quant")
+_DEFAULT_KEY = column("config", "model", "name_or_path")
+STORAGE = column("config", "quant", "storage")
+WEIGHT_ERROR = column("quant", "weight_error", "rel_rms")  # relative RMS error of the stored weights
+BLOCKWISE_SETTINGS = (column("config", "quant", "blocksize"), column("config", "quant", "double_quant"))
 NOT_APPLICABLE = "n/a"
 
 
@@ -62,9 +59,9 @@ def show(value: Any) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _applicable(table: pd.DataFrame, column: str) -> pd.Series:
-    """Whether ``column`` applies to each job: block size and double quant only to blockwise (4-bit) types."""
-    if column not in BLOCKWISE_SETTINGS or STORAGE not in table:
+def _applicable(table: pd.DataFrame, setting: str) -> pd.Series:
+    """Whether ``setting`` applies to a job: block size and double quant only to blockwise (4-bit) types."""
+    if setting not in BLOCKWISE_SETTINGS or STORAGE not in table:
         return pd.Series(True, index=table.index)
     return table[STORAGE].map(lambda s: s not in STORAGE_SPECS or STORAGE_SPECS[s].blockwise)
 
@@ -72,18 +69,15 @@ def _applicable(table: pd.DataFrame, column: str) -> pd.Series:
 def config_labels(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Config columns as groupable labels; settings that do not apply to a job read ``n/a``."""
     labels = table.reindex(columns=columns).map(label)
-    for column in columns:
-        labels[column] = labels[column].where(_applicable(table, column), NOT_APPLICABLE)
+    for name in columns:
+        labels[name] = labels[name].where(_applicable(table, name), NOT_APPLICABLE)
     return labels
 
 
 def varied_columns(ok: pd.DataFrame) -> list[str]:
-    """Config columns whose (applicable) value differs between finished jobs, leaving out seeds and paths."""
-    candidates = [
-        c
-        for c in ok.columns
-        if c.startswith("config.") and c not in _NOT_VARIATIONS and c.rsplit(".", 1)[-1] != "seed"
-    ]
+    """Config columns whose (applicable) value differs between finished jobs: the columns of the jobs'
+    identity (:func:`harness.result.identity_columns`), seeds left out."""
+    candidates = [c for c in identity_columns(ok.columns) if c.rsplit(".", 1)[-1] != "seed"]
     labels = config_labels(ok, candidates)
     return [c for c in candidates if labels[c][labels[c] != NOT_APPLICABLE].nunique(dropna=False) > 1]
 
@@ -154,13 +148,14 @@ class Metric:
 
 def tasks(table: pd.DataFrame) -> list[str]:
     """Evaluated task names, in column order (from ``eval.<task>.<metric>``)."""
-    names = [c.split(".")[1] for c in table.columns if c.startswith("eval.") and c.count(".") >= 2]
+    prefix = column("eval") + "."
+    names = [c.split(".")[1] for c in table.columns if c.startswith(prefix) and c.count(".") >= 2]
     return list(dict.fromkeys(names))
 
 
 def main_metric(table: pd.DataFrame, task: str) -> str | None:
     """The metric that stands for ``task``: acc_norm, else acc, else word perplexity, else the first one."""
-    prefix = f"eval.{task}."
+    prefix = column("eval", task) + "."
     metrics = [c.removeprefix(prefix) for c in table.columns if c.startswith(prefix)]
     metrics = [m for m in metrics if m != "n" and not m.endswith("_stderr") and "." not in m]
     preferred = [m for m in _PREFERRED if m in metrics]
@@ -193,17 +188,17 @@ def _unique(table: pd.DataFrame, column: str) -> list[str]:
 def _task_unit(table: pd.DataFrame, task: str, metric: str) -> str:
     """``%`` for accuracies, ``ppl`` for perplexities, plus the number of examples when all jobs agree."""
     unit = "%" if metric in _PERCENT else "ppl" if "perplexity" in metric else metric.replace("_", " ")
-    counts = _unique(table, f"eval.{task}.n")
+    counts = _unique(table, column("eval", task, "n"))
     return f"{unit}, n={counts[0]}" if len(counts) == 1 else unit
 
 
 def _delta(table: pd.DataFrame, task: str, metric: str) -> pd.Series | None:
     """After − before training: ``eval_delta`` as written by the job, else computed from ``eval_before``."""
-    written = _numeric(table, f"eval_delta.{task}.{metric}")
+    written = _numeric(table, column("eval_delta", task, metric))
     if written is not None:
         return written
-    before = _numeric(table, f"eval_before.{task}.{metric}")
-    after = _numeric(table, f"eval.{task}.{metric}")
+    before = _numeric(table, column("eval_before", task, metric))
+    after = _numeric(table, column("eval", task, metric))
     return None if before is None or after is None else after - before
 
 
@@ -215,18 +210,19 @@ def _task_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | Non
             continue
         percent = metric in _PERCENT
         scale, digits, sign = (100.0 if percent else 1.0), (1 if percent else 2), direction(metric)
-        score, delta = _numeric(table, f"eval.{task}.{metric}"), _delta(table, task, metric)
+        source = column("eval", task, metric)
+        score, delta = _numeric(table, source), _delta(table, task, metric)
         unit = _task_unit(table, task, metric)
         delta_unit = "pp" if percent else unit.split(",")[0]
         words = "points" if percent else ""
         header = f"{task} {metric} ({unit}){_arrow(sign)}"
         yield (
-            Metric(header, "score", sign, digits, f"eval.{task}.{metric}", scale, words),
+            Metric(header, "score", sign, digits, source, scale, words),
             None if score is None else score * scale,
         )
         header = f"Δ {task} {metric} ({delta_unit}, after−before){_arrow(sign)}"
         yield (
-            Metric(header, "delta", sign, digits, f"eval_delta.{task}.{metric}", scale, words),
+            Metric(header, "delta", sign, digits, column("eval_delta", task, metric), scale, words),
             None if delta is None else delta * scale,
         )
 
@@ -234,20 +230,22 @@ def _task_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | Non
 def _resource_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series | None]]:
     """Storage cost and its weight error, memory, speed and the loss at the first and last step (the training
     numbers only for jobs that trained: ``train.steps=0`` records 0 tokens/s, which is no measurement)."""
-    kind = "/".join(_unique(table, "train.peak_memory_kind")) or "kind unknown"
+    kind = "/".join(_unique(table, column("train", "peak_memory_kind"))) or "kind unknown"
     resources = [
-        Metric("bits/param (bits) ↓", "bits", LOWER, 3, "quant.bits_per_param"),
+        Metric("bits/param (bits) ↓", "bits", LOWER, 3, column("quant", "bits_per_param")),
         Metric("weight error (rel. RMS) ↓", "weight_error", LOWER, 4, WEIGHT_ERROR),
-        Metric(f"peak memory (MiB, {kind}) ↓", "memory", LOWER, 1, "train.peak_memory_bytes", 1 / _MIB),
-        Metric("throughput (tokens/s) ↑", "throughput", HIGHER, 1, "train.tokens_per_s"),
-        Metric("loss start (nats)", "loss_start", UNRANKED, 3, "train.loss_start"),
-        Metric("loss end (nats) ↓", "loss_end", LOWER, 3, "train.loss_end"),
+        Metric(
+            f"peak memory (MiB, {kind}) ↓", "memory", LOWER, 1, column("train", "peak_memory_bytes"), 1 / _MIB
+        ),
+        Metric("throughput (tokens/s) ↑", "throughput", HIGHER, 1, column("train", "tokens_per_s")),
+        Metric("loss start (nats)", "loss_start", UNRANKED, 3, column("train", "loss_start")),
+        Metric("loss end (nats) ↓", "loss_end", LOWER, 3, column("train", "loss_end")),
     ]
-    steps = _numeric(table, "config.train.steps")
+    steps = _numeric(table, column("config", "train", "steps"))
     trained = None if steps is None else steps > 0
     for metric in resources:
         values = _numeric(table, metric.source)
-        if values is not None and trained is not None and metric.source.startswith("train."):
+        if values is not None and trained is not None and metric.source.startswith(column("train") + "."):
             values = values.where(trained)  # a job without training steps measured no training speed or peak
             values = values if values.notna().any() else None
         yield metric, None if values is None else values * metric.scale

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import config_dict
-from harness.result import RESULT_FILE, JobResult, ResultError, config_hash, read_result
+from harness.result import RESULT_FILE, ErrorBlock, ResultError, assemble_result, config_hash, read_result
 
 JOB_CONFIG_FILE = "job_config.yaml"
 
@@ -59,12 +59,7 @@ def run_isolated(cfg: DictConfig, job_dir: Path, force: bool = False) -> Outcome
         record = read_result(job_dir / RESULT_FILE)
     except ResultError:
         reason = _exit_reason(proc.returncode)
-        JobResult(
-            status="failed",
-            config=resolved,
-            config_hash=expected,
-            error={"type": "JobProcessDied", "message": reason, "traceback": ""},
-        ).save(job_dir)
+        assemble_result(resolved, {}, error=ErrorBlock(type="JobProcessDied", message=reason)).save(job_dir)
         return Outcome(str(job_dir), "failed", reason)
     if record.get("status") == "ok":
         return Outcome(str(job_dir), "ok")

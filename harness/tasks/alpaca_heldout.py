@@ -1,6 +1,6 @@
 """Dataset and scoring of ``alpaca_heldout_local``: the instruction loss on records training never sees.
 
-The records are the last :data:`~harness.data.heldout.ALPACA_HELDOUT` of the instruction file (the slice
+The records are the last :data:`~harness.config.ALPACA_HELDOUT` of the instruction file (the slice
 ``data=alpaca`` holds out), read through the same ``data.source`` resolution as training. Each document is
 one record: its training prompt as context and its response as the continuation, so the log-likelihood
 is the loss the adapters minimise, on unseen instructions. Per-word and per-byte normalisation, as for
@@ -14,8 +14,8 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from harness.config import DataConfig
-from harness.data.heldout import ALPACA_HELDOUT, split_heldout
+from harness.config import ALPACA_HELDOUT, DataConfig
+from harness.data.heldout import split_heldout
 from harness.data.instruct import read_records
 from harness.data.prompts import format_prompt
 

@@ -1,8 +1,9 @@
 """Memory meters and the allocator policy: CUDA allocator statistics, or the process's resident set on CPU.
 
 On CPU the measured peak is the resident set, which counts what glibc's malloc keeps of freed memory as
-well as live tensors. ``set_heap_policy`` chooses between giving large frees back to the OS at once (the
-resident set follows the live tensors) and reusing them (much faster on CPU; reports/perf/).
+well as live tensors. ``heap_policy`` runs a stage under one of two glibc policies: giving large frees back
+to the OS at once (the resident set follows the live tensors) or reusing them (much faster on CPU;
+reports/perf/).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ctypes
 import ctypes.util
 import functools
 import resource
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -51,16 +53,31 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if libc is not None and hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
 
 
-def set_heap_policy(lean: bool) -> bool:
+def _set_heap_policy(lean: bool) -> bool:
     """Fix glibc's mmap threshold (``LEAN_MMAP_THRESHOLD`` or ``FAST_MMAP_THRESHOLD``) and trim the heap
-    (``malloc_trim`` returns its free pages); False where the C library is not glibc. Cheap, idempotent.
-    A job loads lean (each full-precision tensor goes back to the OS once quantized), then runs training
-    and evaluation under its ``cpu_heap``."""
+    (``malloc_trim`` returns its free pages); False where the C library is not glibc. Cheap, idempotent."""
     libc = _glibc()
     if libc is None:
         return False
     libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else FAST_MMAP_THRESHOLD)
     return trim_heap()
+
+
+_POLICIES: list[bool] = []  # the policies of the stages running now, innermost last
+
+
+@contextlib.contextmanager
+def heap_policy(lean: bool) -> Iterator[bool]:
+    """Run a stage under the lean or the fast heap; after it the enclosing stage's policy is back, or the
+    fast one outside every stage (glibc's own ceiling, fixed). A job loads lean (each full-precision tensor
+    goes back to the OS once quantized), then trains and evaluates under its ``cpu_heap``. Yields False
+    where the C library is not glibc (the policy is left as it is)."""
+    _POLICIES.append(lean)
+    try:
+        yield _set_heap_policy(lean)
+    finally:
+        _POLICIES.pop()
+        _set_heap_policy(_POLICIES[-1] if _POLICIES else False)
 
 
 def trim_heap() -> bool:
