@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (issue 17): on a CUDA machine, install what its image lacks from wheels carried along, run the
 # smoke sweep and the quickstart with bf16 compute and paged_adamw_32bit (plus one NF4 quickstart job with
-# plain AdamW for the paged vs non-paged peak), and write reports/gpu/report.md.
+# plain AdamW for the paged vs non-paged peak), and write reports/gpu/report.md; then qlora-plan's prediction
+# against the measured peaks of that job and of a random ~1.1B Llama (reports/plan/gpu.md).
 #
 # Wheels: the device image has torch with CUDA but not the rest. Download them here, on a machine with PyPI,
 # into a folder that travels with the checkout (the device copies shared/ and untracked files):
@@ -63,3 +64,12 @@ run "$BENCH" -m +sweep=quickstart "${GPU[@]}" train.optimizer=paged_adamw_32bit 
 run "$BENCH" -m +sweep=quickstart "${GPU[@]}" train.optimizer=adamw quant=nf4 \
     "hydra.sweep.dir=$RUNS/quickstart-adamw"
 run "$PYTHON" -m benchmarks.perf.gpu "$RUNS" --out "$OUT"
+
+# qlora-plan against the measured peaks (issue 27): the plain-AdamW NF4 quickstart job above and a random
+# ~1.1B Llama (TinyLlama's shape, written here: no download); predicted allocated / reserved vs
+# torch.cuda.max_memory_allocated / max_memory_reserved, and the measured efficiency that replaces the
+# planner's assumed one (harness/plan/predict.py EFFICIENCY["cuda"]).
+run "$PYTHON" -m benchmarks.plan_check --make-model "$RUNS/llama-1b-random"
+run "$BENCH" +sweep=quickstart quant=nf4 "${GPU[@]}" train.optimizer=adamw "eval.tasks=[]" \
+    "model.name_or_path=$RUNS/llama-1b-random" "hydra.run.dir=$RUNS/plan-1b"
+run "$PYTHON" -m benchmarks.plan_check "$RUNS/quickstart-adamw" "$RUNS/plan-1b" --out reports/plan/gpu.md

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, open_dict
 from harness.config import register_configs
 from harness.job import run_job
 from harness.paths import CONF_DIR
-from harness.sweep.isolate import run_isolated
+from harness.plan.sweep import refuse_if_wont_fit
+from harness.sweep.isolate import Outcome, run_isolated
 from harness.sweep.summary import record_outcome
 
 
@@ -23,13 +24,29 @@ def _pop_force(cfg: DictConfig) -> bool:
         return bool(cfg.pop("force", False))
 
 
+def _pop_plan(cfg: DictConfig) -> str | None:
+    """``+plan=true`` (this machine's device) or ``+plan=<device name>``: print each job's plan before it
+    launches and refuse a job that cannot fit (harness.plan.sweep); a sweep switch, like ``force``."""
+    with open_dict(cfg):
+        value = cfg.pop("plan", None)
+    return None if value in (None, False) else str(value)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     force = _pop_force(cfg)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        outcome = run_isolated(cfg, job_dir, force=force)
+    plan = _pop_plan(cfg)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    reason = plan and refuse_if_wont_fit(cfg, job_dir, hydra_cfg.job.override_dirname or "defaults", plan)
+    if reason and not multirun:
+        print(f"[failed] {job_dir} {reason}", flush=True)
+        sys.exit(1)
+    if multirun:
+        outcome = (
+            Outcome(str(job_dir), "failed", reason) if reason else run_isolated(cfg, job_dir, force=force)
+        )
         record_outcome(Path(hydra_cfg.sweep.dir), outcome)
         print(f"[{outcome.status}] {job_dir} {outcome.reason}".rstrip(), flush=True)
         return

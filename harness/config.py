@@ -21,6 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from harness.plan.shipped import SHIPPED_CONFIGS
 from harness.quant.registry import (
     FLOAT_DTYPES,
     STORAGE_TYPES,
@@ -359,7 +360,12 @@ def group_options() -> dict[str, dict[str, Any]]:
             "cpu": TrainConfig(),  # sized for 2 CPU cores: 30 steps of 4 x <=256 tokens
             "gpu": TrainConfig(steps=200, grad_accum=4, seq_len=512, optimizer=Optimizer.paged_adamw_32bit),
         },
-        "model": {"smollm2-135m": ModelConfig(), "tiny": ModelConfig(name_or_path="tiny")},
+        "model": {
+            # config.json files shipped for qlora-plan (harness.plan); a job run with one fails before loading
+            **{name: ModelConfig(name_or_path=name) for name in SHIPPED_CONFIGS},
+            "smollm2-135m": ModelConfig(),
+            "tiny": ModelConfig(name_or_path="tiny"),
+        },
         "data": {
             "synthetic": DataConfig(),
             "alpaca": DataConfig(source=ALPACA_FILE, heldout=ALPACA_HELDOUT),

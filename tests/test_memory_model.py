@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from harness.config import LoraConfig, QuantConfig, TrainConfig
 from harness.job import run_job
 from harness.model.tiny import build_tiny_family, build_tiny_model, build_tiny_tokenizer
+from harness.plan.source import meta_shape
 from harness.result import JobResult
 from harness.train.memory_model import (
     BatchShape,
@@ -35,26 +36,8 @@ SMOLLM2_CONFIG = {  # SmolLM2-135M, the default model
     "tie_word_embeddings": True,
     "max_position_embeddings": 2048,
 }
-LLAMA_BLOCK = {
-    "self_attn.q_proj": (576, 576),
-    "self_attn.k_proj": (576, 192),
-    "self_attn.v_proj": (576, 192),
-    "self_attn.o_proj": (576, 576),
-    "mlp.gate_proj": (576, 1536),
-    "mlp.up_proj": (576, 1536),
-    "mlp.down_proj": (1536, 576),
-}
-SMOLLM2 = ModelShape(
-    linears=tuple((f"model.layers.0.{name}", i, o) for name, (i, o) in LLAMA_BLOCK.items()),
-    hidden=576,
-    intermediate=1536,
-    layers=30,
-    heads=9,
-    kv_heads=3,
-    head_dim=64,
-    vocab=49152,
-    tied_embeddings=True,
-)
+SMOLLM2 = meta_shape(LlamaConfig(**SMOLLM2_CONFIG))
+INTERMEDIATE = SMOLLM2_CONFIG["intermediate_size"]
 ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 CPU = torch.device("cpu")
 DEFAULT_BATCH = BatchShape(rows=4, width=256, logit_rows=512)
@@ -91,7 +74,7 @@ def test_shape_reads_the_linear_layers_of_the_model():
     )
     per_layer = sum(p.numel() for n, p in model.named_parameters() if "layers.0." in n and "norm" not in n)
     assert sum(i * o for _, i, o in shape.linears) == per_layer
-    assert {shape.leaf(name) for name, _, _ in shape.linears} == {
+    assert {name.rsplit(".", 1)[-1] for name, _, _ in shape.linears} == {
         "q_proj",
         "k_proj",
         "v_proj",
@@ -100,20 +83,52 @@ def test_shape_reads_the_linear_layers_of_the_model():
         "up_proj",
         "down_proj",
     }
+    assert (shape.rms_norms, shape.other_norms) == (2, 0)
+    assert shape.mlp_saved == 3 * model.config.intermediate_size  # gate, up, SiLU(gate)
 
 
-@pytest.mark.parametrize("family", ["gpt_neox", "phi3", "gpt2"])
-def test_linear_layers_of_any_family_are_read_and_unmodelled_families_are_refused(family):
-    """Pythia's ``dense``, Phi-3's ``gate_up_proj`` and GPT-2's Conv1D are read by shape; the estimate
-    refuses the family with a clear error instead of crashing on a Llama name."""
+# family: (norms of a block that are RMSNorms, LayerNorms; whether its MLP is gated)
+FAMILY_BLOCKS = {
+    "gpt_neox": (0, 2, False),  # query_key_value, dense_h_to_4h (GELU), LayerNorm
+    "phi3": (2, 0, True),  # fused qkv_proj and gate_up_proj
+    "gpt2": (0, 2, False),  # Conv1D c_attn / c_fc / c_proj, lm_head tied to the embeddings
+    "opt": (0, 2, False),  # fc1 / fc2 hang off the decoder layer
+    "gemma": (2, 0, True),
+    "bloom": (0, 2, False),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_BLOCKS))
+def test_any_family_is_read_from_its_module_tree(family):
+    """No table of names: every parameter is counted once (blocks' linear layers, the head, the rest), the
+    norms and the MLP's gating are read from the modules, and the estimate is made."""
     model, _ = build_tiny_family(family)
-    linears = block_linears(model, model.config.num_hidden_layers)
-    per_layer = sum(
-        p.numel() for n, p in model.named_parameters() if ".0." in n and p.dim() == 2 and "wte" not in n
+    shape = ModelShape.from_model(model)
+    total = sum(p.numel() for p in model.parameters())
+    outer = sum(i * o for _, i, o, tied in shape.outer_linears if not tied)
+    assert shape.layers * sum(i * o for _, i, o in shape.linears) + outer + shape.other_params == total
+    rms, layer_norms, gated = FAMILY_BLOCKS[family]
+    assert (shape.rms_norms, shape.other_norms) == (rms, layer_norms)
+    down = max(i for _, i, o in shape.linears if o == shape.hidden)  # the MLP's output layer reads the width
+    assert shape.mlp_saved == (3 * down if gated else down)
+    assert block_linears(model, model.config.num_hidden_layers) == shape.linears
+    targets = sorted({name.rsplit(".", 1)[-1] for name, _, _ in shape.linears})
+    estimate = estimate_peak_memory(
+        shape,
+        QuantConfig(),
+        LoraConfig(r=4),
+        TrainConfig(),
+        targets=targets,
+        batch=BatchShape(2, 16, 32),
+        compute_dtype=torch.float32,
+        device=CPU,
     )
-    assert linears and sum(i * o for _, i, o in linears) == per_layer
-    with pytest.raises(UnmodelledFamilyError, match=repr(model.config.model_type)):
-        ModelShape.from_model(model)
+    assert estimate["total"] > estimate["terms"]["quantized_weights"] > 0
+
+
+def test_a_model_without_a_list_of_blocks_is_refused():
+    with pytest.raises(UnmodelledFamilyError, match="no list of 2 decoder blocks"):
+        block_linears(torch.nn.Sequential(torch.nn.Linear(2, 2)), 2)
 
 
 def test_activations_grow_with_batch_and_seq_len():
@@ -155,7 +170,7 @@ def test_four_bit_weights_are_4127_sixteenths_of_bf16():
 def test_skipped_linears_stay_in_compute_dtype():
     base = estimate()["terms"]
     skipped = estimate(QuantConfig(skip_modules=["lm_head", "down_proj"]))["terms"]
-    down = SMOLLM2.layers * SMOLLM2.intermediate * SMOLLM2.hidden
+    down = SMOLLM2.layers * INTERMEDIATE * SMOLLM2.hidden
     assert skipped["unquantized_params"] - base["unquantized_params"] == down * 4
     assert skipped["quantized_weights"] < base["quantized_weights"]
 

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from harness.config import ModelConfig
 from harness.model.checkpoint import ShardedCheckpoint
 from harness.model.tiny import build_tiny_model
+from harness.plan.shipped import SHIPPED_CONFIGS, weights_not_shipped
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ def _resolve_source(cfg: ModelConfig) -> tuple[str, str, list[str]]:
         gguf = _gguf_path(package, filename)
         return "shipped-gguf", str(_convert_gguf_once(name, gguf, default_cache_dir(cfg.cache_dir))), [caveat]
     path = Path(name).expanduser()
+    if name in SHIPPED_CONFIGS and not path.exists():
+        raise ModelSourceError(weights_not_shipped(name))
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"model path {str(path)!r} has no config.json (not a transformers model)")

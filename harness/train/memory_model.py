@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from harness.model.dropout import lora_dropout_mask_bytes
+from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
 from harness.quant import FOUR_BIT_TYPES, theoretical_bits_per_param
 
@@ -37,61 +38,13 @@ LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
 # one byte each plus an fp32 absmax per block of 256.
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8bit": 2 * (1 + 4 / 256)}
 STORAGE_BITS = {"int8": 8.0, "bf16": 16.0, "fp16": 16.0, "fp32": 32.0}
-# Families whose frozen path block_saved describes: RMSNorm, SDPA over grouped KV heads, SiLU-gated MLP.
-MODELLED_FAMILIES = ("llama", "mistral", "qwen2")
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
 LOSS_BUFFERS = 3
-# Backward of a recomputed layer: gradients of the MLP's intermediate activations (down_proj input, SiLU
-# output, up and gate outputs) overlap before they are reduced to the hidden size.
-BACKWARD_INTERMEDIATE_BUFFERS = 4
 
 
 class UnmodelledFamilyError(ValueError):
-    """The memory model does not describe this model family's frozen path (the job records a caveat)."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The dimensions of a causal LM that its memory depends on; ``linears`` are one block's linear layers
-    as the model has them: (full name in the first block, in_features, out_features)."""
-
-    linears: tuple[tuple[str, int, int], ...]
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied_embeddings: bool
-
-    @classmethod
-    def from_model(cls, model: nn.Module) -> ModelShape:
-        """Read the shape from a model (plain, quantized or wrapped by peft); ``UnmodelledFamilyError`` for
-        a family outside ``MODELLED_FAMILIES``."""
-        config = model.config
-        family = getattr(config, "model_type", type(model).__name__)
-        if family not in MODELLED_FAMILIES:
-            raise UnmodelledFamilyError(
-                f"no memory estimate for model_type {family!r}: the memory model describes the frozen path "
-                f"of {MODELLED_FAMILIES} (RMSNorm, grouped-KV attention, gated MLP) only"
-            )
-        heads = config.num_attention_heads
-        return cls(
-            linears=block_linears(model, config.num_hidden_layers),
-            hidden=config.hidden_size,
-            intermediate=config.intermediate_size,
-            layers=config.num_hidden_layers,
-            heads=heads,
-            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            vocab=config.vocab_size,
-            tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        )
-
-    def leaf(self, name: str) -> str:
-        return name.rsplit(".", 1)[-1]
+    """The model has no list of decoder blocks the memory model can read (the job records a caveat)."""
 
 
 def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -106,24 +59,129 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def block_linears(model: nn.Module, layers: int) -> tuple[tuple[str, int, int], ...]:
-    """The linear layers of the first decoder block (the first ModuleList of ``layers`` blocks), by full
-    name; LoRA's own layers and peft's ``base_layer`` are parts of a wrapped layer, not layers."""
+def _is_layer(name: str) -> bool:
+    """LoRA's own layers and peft's ``base_layer`` are parts of a wrapped layer, not layers."""
+    return "lora_" not in name and not name.endswith(".base_layer")
+
+
+def _decoder_blocks(model: nn.Module, layers: int) -> str:
+    """Name of the first ModuleList of ``layers`` modules: the decoder blocks."""
     blocks = next(
         (name for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == layers),
         None,
     )
     if blocks is None:
         raise UnmodelledFamilyError(f"no list of {layers} decoder blocks in {type(model).__name__}")
-    prefix = f"{blocks}.0."
+    return blocks
+
+
+def block_linears(model: nn.Module, layers: int) -> tuple[tuple[str, int, int], ...]:
+    """The linear layers of the first decoder block, by full name: (name, in_features, out_features)."""
+    prefix = f"{_decoder_blocks(model, layers)}.0."
     found = []
     for name, module in model.named_modules():
-        if not name.startswith(prefix) or "lora_" in name or name.endswith(".base_layer"):
-            continue
-        shape = _linear_shape(module)
+        shape = _linear_shape(module) if name.startswith(prefix) and _is_layer(name) else None
         if shape:
             found.append((name, *shape))
     return tuple(found)
+
+
+def _outer_linears(model: nn.Module, blocks: str) -> tuple[tuple[str, int, int, bool], ...]:
+    """Linear layers outside the decoder blocks (lm_head): (name, in, out, tied), ``tied`` when the weight
+    is another module's parameter (GPT-2's and SmolLM2's lm_head is the input embedding)."""
+    first_owner = {id(p): n for n, p in model.named_parameters()}
+    found = []
+    for name, module in model.named_modules():
+        shape = _linear_shape(module) if _is_layer(name) and not name.startswith(f"{blocks}.") else None
+        if shape:
+            weight = getattr(module, "weight", None)
+            tied = isinstance(weight, nn.Parameter) and first_owner.get(id(weight)) != f"{name}.weight"
+            found.append((name, *shape, tied))
+    return tuple(found)
+
+
+def _other_params(model: nn.Module) -> int:
+    """Parameter elements outside the linear layers' weights and LoRA: embeddings, norms, biases (each
+    shared tensor once)."""
+    linear_weights = {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if _linear_shape(module) and _is_layer(name)
+    }
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and n not in linear_weights)
+
+
+def _mlp_widths(linears: tuple[tuple[str, int, int], ...], hidden: int) -> tuple[int, int]:
+    """(elements per token the frozen MLP saves for backward, elements of its gradient buffers).
+
+    The MLP's input layers (role mlp, reading the hidden size) write ``up`` outputs; its output layer reads
+    ``down`` inputs. Gated (SiLU(gate) * up, fused or not: up = 2 x down) saves gate, up and the activation;
+    plain (GELU: up = down) saves the activation's input. In backward the gradients of every intermediate
+    and of the output layer's input overlap.
+    """
+    up = sum(o for name, i, o in linears if layer_role(name) == "mlp" and i == hidden)
+    down = sum(i for name, i, o in linears if layer_role(name) == "mlp" and o == hidden and i != hidden)
+    if not up:  # no MLP layer by name: its widest layer, ungated
+        up = down = max(o for _, _, o in linears)
+    down = down or up
+    saved = up + down if up > down else up
+    return saved, saved + down
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a causal LM that its memory depends on, read from its module tree and config
+    (any family: no table of names). ``linears`` are one block's linear layers as the model has them
+    (full name in the first block, in_features, out_features); ``outer_linears`` the others (lm_head),
+    with whether each is tied to another parameter; ``other_params`` every other parameter element
+    (embeddings, norms, biases); ``rms_norms``/``other_norms`` the norms of a block (RMSNorm keeps its
+    input in fp32, LayerNorm in the compute dtype); ``mlp_saved``/``mlp_backward`` per-token widths
+    (``_mlp_widths``); ``eager_attention``: attention probabilities are materialized (no SDPA)."""
+
+    linears: tuple[tuple[str, int, int], ...]
+    outer_linears: tuple[tuple[str, int, int, bool], ...]
+    other_params: int
+    hidden: int
+    layers: int
+    heads: int
+    head_dim: int
+    vocab: int
+    rms_norms: int
+    other_norms: int
+    mlp_saved: int
+    mlp_backward: int
+    eager_attention: bool = False
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> ModelShape:
+        """Read the shape from a model: plain, on the meta device, quantized, or wrapped by peft."""
+        config = model.config
+        layers, hidden, heads = config.num_hidden_layers, config.hidden_size, config.num_attention_heads
+        blocks = _decoder_blocks(model, layers)
+        linears = block_linears(model, layers)
+        norms = [type(m).__name__.lower() for n, m in model.named_modules() if n.startswith(f"{blocks}.0.")]
+        norms = [n for n in norms if "norm" in n]
+        mlp_saved, mlp_backward = _mlp_widths(linears, hidden)
+        return cls(
+            linears=linears,
+            outer_linears=_outer_linears(model, blocks),
+            other_params=_other_params(model),
+            hidden=hidden,
+            layers=layers,
+            heads=heads,
+            head_dim=getattr(config, "head_dim", None) or hidden // heads,
+            vocab=config.vocab_size,
+            rms_norms=sum("rms" in n for n in norms),
+            other_norms=sum("rms" not in n for n in norms),
+            mlp_saved=mlp_saved,
+            mlp_backward=mlp_backward,
+            eager_attention=getattr(config, "_attn_implementation", None) == "eager",
+        )
+
+
+def targeted(name: str, targets: list[str]) -> bool:
+    """peft's rule for ``target_modules``: the full name, or a suffix after a dot."""
+    return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
 @dataclass(frozen=True)
@@ -148,25 +206,25 @@ def weight_bits(storage: str, blocksize: int, double_quant: bool) -> float:
 
 
 def weight_terms(shape: ModelShape, quant, compute_bytes: int) -> dict[str, int]:
-    """Frozen weights: quantized linear layers at their storage's bits/param, the rest in compute dtype."""
-    bits = weight_bits(quant.storage, quant.blocksize, quant.double_quant)
-    quantized = skipped = 0
-    for name, fan_in, fan_out in shape.linears:
-        if is_skipped(name, list(quant.skip_modules)):
-            skipped += fan_in * fan_out
-        else:
-            quantized += fan_in * fan_out
-    embeddings = shape.vocab * shape.hidden * (1 if shape.tied_embeddings else 2)
-    norms = (2 * shape.layers + 1) * shape.hidden
+    """Frozen weights: quantized linear layers at their storage's bits/param (exact: codes and constants),
+    everything else (embeddings, norms, biases, skipped layers such as lm_head) in the compute dtype."""
+    skip = list(quant.skip_modules)
+    block = [(is_skipped(name, skip), i * o) for name, i, o in shape.linears]
+    outer = [(is_skipped(name, skip), i * o, tied) for name, i, o, tied in shape.outer_linears]
+    quantized = shape.layers * sum(n for s, n in block if not s) + sum(n for s, n, _ in outer if not s)
+    skipped = shape.layers * sum(n for s, n in block if s) + sum(n for s, n, tied in outer if s and not tied)
+    bits = weight_bits(str(quant.storage), quant.blocksize, quant.double_quant)
     return {
-        "quantized_weights": round(shape.layers * quantized * bits / 8),
-        "unquantized_params": (embeddings + norms + shape.layers * skipped) * compute_bytes,
+        "quantized_weights": round(quantized * bits / 8),
+        "unquantized_params": (shape.other_params + skipped) * compute_bytes,
     }
 
 
 def lora_params(shape: ModelShape, rank: int, targets: list[str]) -> int:
-    """Trainable parameters: r x (in + out) per targeted linear layer of every block."""
-    return shape.layers * sum(rank * (i + o) for name, i, o in shape.linears if shape.leaf(name) in targets)
+    """Trainable parameters: r x (in + out) per targeted linear layer, in every block and outside."""
+    per_block = sum(rank * (i + o) for name, i, o in shape.linears if targeted(name, targets))
+    outer = sum(rank * (i + o) for name, i, o, _ in shape.outer_linears if targeted(name, targets))
+    return shape.layers * per_block + outer
 
 
 def lora_saved(
@@ -179,21 +237,25 @@ def lora_saved(
     once per target (targets reading the same tensor, q/k/v, share it: an upper bound of a few MiB). Plus
     lora_A's output.
     """
-    fan_ins = [i for name, i, _ in shape.linears if shape.leaf(name) in targets]
+    fan_ins = [i for name, i, _ in shape.linears if targeted(name, targets)]
     per_input = mask_bytes + compute_bytes if lora.dropout > 0 else compute_bytes
     return tokens * (sum(fan_ins) * per_input + len(fan_ins) * lora.r * compute_bytes)
 
 
-def block_saved(shape: ModelShape, tokens: int, compute_bytes: int, attention_bytes: int) -> int:
+def block_saved(shape: ModelShape, batch: BatchShape, compute_bytes: int, attention_bytes: int) -> int:
     """Bytes one block's frozen path saves for backward (LoRA excluded).
 
-    Two RMSNorms keep their fp32 input; SDPA keeps q, k and v (k and v repeated to all heads when a padding
-    mask is passed) and its output, in ``attention_bytes`` per element (fp32 where harness.model.attention
-    upcasts them); the MLP keeps the gate output, its SiLU and the up output.
+    Each RMSNorm keeps its input in fp32, a LayerNorm in the compute dtype; SDPA keeps q, k and v (k and v
+    repeated to all heads when a padding mask is passed) and its output, in ``attention_bytes`` per element
+    (fp32 where harness.model.attention upcasts them), and eager attention also its probabilities and
+    their softmax input; the MLP what ``_mlp_widths`` says. The frozen matmuls keep no input
+    (harness.quant.DequantMatmul).
     """
+    norms = shape.hidden * (shape.rms_norms * 4 + shape.other_norms * compute_bytes)
     attention = 4 * shape.heads * shape.head_dim * attention_bytes
-    mlp = 3 * shape.intermediate * compute_bytes
-    return tokens * (2 * shape.hidden * 4 + attention + mlp)
+    if shape.eager_attention:
+        attention += 2 * shape.heads * batch.width * compute_bytes
+    return batch.tokens * (norms + attention + shape.mlp_saved * compute_bytes)
 
 
 def activation_terms(
@@ -208,7 +270,7 @@ def activation_terms(
 ) -> dict[str, int]:
     """Saved activations, the recomputed layer, its backward buffers and the loss buffers."""
     n = batch.tokens
-    layer = block_saved(shape, n, compute_bytes, attention_bytes)
+    layer = block_saved(shape, batch, compute_bytes, attention_bytes)
     layer += lora_saved(shape, lora, targets, n, compute_bytes, mask_bytes)
     final_norm = n * shape.hidden * 4
     if checkpointing:
@@ -219,7 +281,7 @@ def activation_terms(
     return {
         "saved_activations": saved,
         "layer_recompute": layer if checkpointing else 0,
-        "layer_backward_buffers": BACKWARD_INTERMEDIATE_BUFFERS * n * shape.intermediate * compute_bytes,
+        "layer_backward_buffers": n * shape.mlp_backward * compute_bytes,
         "loss_buffers": batch.logit_rows * shape.vocab * (LOSS_BUFFERS * LOSS_BYTES + upcast),
     }
 
@@ -236,6 +298,7 @@ def estimate_peak_memory(
     device: torch.device,
     baseline_bytes: int = 0,
     attention_fp32: bool = False,
+    cpu_heap: str = "lean",
 ) -> dict:
     """Peak training memory in bytes: ``{"terms": {...}, "phases": {...}, "peak_phase": name, "total": n}``.
 
@@ -248,14 +311,16 @@ def estimate_peak_memory(
     compute_bytes = torch.finfo(compute_dtype).bits // 8
     attention_bytes = 4 if attention_fp32 else compute_bytes
     trainable = lora_params(shape, lora.r, targets)
-    state = round(trainable * OPTIMIZER_STATE_BYTES[train.optimizer])
-    paged = device.type == "cuda" and train.optimizer.startswith("paged_")
+    state = round(trainable * OPTIMIZER_STATE_BYTES[str(train.optimizer)])
+    paged = device.type == "cuda" and str(train.optimizer).startswith("paged_")
     terms = {
         "baseline_rss": baseline_bytes if device.type == "cpu" else 0,
         **weight_terms(shape, quant, compute_bytes),
         "lora_params": trainable * LORA_BYTES,
         "optimizer_state": 0 if paged else state,
         "lora_grads": trainable * LORA_BYTES,
+        # autocast keeps a compute-dtype copy of every adapter weight it cast until the forward ends
+        "adapter_casts": trainable * compute_bytes if compute_bytes < LORA_BYTES else 0,
         "dequantized_weight": max(i * o for _, i, o in shape.linears) * compute_bytes,
         **activation_terms(
             shape,
@@ -273,7 +338,7 @@ def estimate_peak_memory(
     )
     resident += terms["optimizer_state"]
     phases = {
-        "loss": resident + terms["saved_activations"] + terms["loss_buffers"],
+        "loss": resident + terms["saved_activations"] + terms["loss_buffers"] + terms["adapter_casts"],
         "layer_backward": resident
         + max(terms["saved_activations"], terms["lora_grads"])
         + terms["layer_recompute"]

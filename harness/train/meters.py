@@ -111,3 +111,34 @@ def peak_memory(device: torch.device) -> dict[str, int | str]:
     # no /proc: fall back to the process-lifetime peak
     hwm = rss_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"peak_memory_bytes": int(hwm), "peak_memory_kind": "rss"}
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def heap_stats() -> dict[str, int]:
+    """glibc's heap now (``mallinfo2``, every arena): ``heap`` bytes obtained for the heap (brk and arena
+    mappings), ``in_use`` of them, ``free`` of them (kept resident unless trimmed), ``mapped`` bytes in
+    chunks of their own mapping (at or above the mmap threshold); empty where the C library is not glibc
+    or older than 2.33."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return {}
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return {"heap": info.arena, "in_use": info.uordblks, "free": info.fordblks, "mapped": info.hblkhd}
