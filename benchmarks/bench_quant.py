@@ -32,18 +32,19 @@ import torch
 
 from harness.quant import (
     ALLOWED_BLOCKSIZES,
-    CODEBOOK_TYPES,
+    FLOAT_DTYPES,
     FOUR_BIT_TYPES,
+    STORAGE_SPECS,
     QuantLinear,
     quantize,
     theoretical_bits_per_param,
 )
-from harness.quant.registry import FLOAT_DTYPES, USER_CODEBOOK
+from harness.quant.codebook import CodebookStorage
 
 SIZE = 4096
 TOKENS = 256
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "reports" / "quant" / "bench_cpu.md"
-TYPES = tuple(s for s in FOUR_BIT_TYPES if s != USER_CODEBOOK)
+TYPES = tuple(s for s in FOUR_BIT_TYPES if not STORAGE_SPECS[s].takes_codebook)
 GOAL = 1.2  # issue 18: a codebook type's forward (dequantize + matmul) within 1.2x of bitsandbytes NF4
 
 
@@ -195,7 +196,7 @@ def main_table(rows: list[Row]) -> str:
 
 def goal_verdict(storage: str, forward_ratio: float) -> str:
     """Whether a codebook type meets the 1.2x forward goal, and by how much it misses."""
-    if storage not in CODEBOOK_TYPES:
+    if not isinstance(STORAGE_SPECS[storage], CodebookStorage):
         return "-"
     if forward_ratio <= GOAL:
         return "met"

@@ -58,39 +58,32 @@ def _patch(module_names: tuple[str, ...], attr: str, wrap: Callable) -> None:
 
 
 def _quantize_with(**forced) -> Callable[[], None]:
-    """A quantize() that silently overrides some of its arguments (block size, double quantization)."""
+    """Storing that silently overrides some of its settings (block size, double quantization)."""
 
     def plant() -> None:
-        def wrap(quantize):
-            def faulty(weight, storage="nf4", blocksize=64, double_quant=True, *args, **kwargs):
-                settings = {"blocksize": blocksize, "double_quant": double_quant} | forced
-                return quantize(
-                    weight, storage, settings["blocksize"], settings["double_quant"], *args, **kwargs
-                )
+        from dataclasses import replace
 
-            return faulty
+        from harness.quant.spec import StorageSpec
 
-        _patch(("harness.quant.weight", "harness.quant.layer"), "quantize", wrap)
+        store = StorageSpec.store
+        StorageSpec.store = lambda self, weight, args: store(self, weight, replace(args, **forced))
 
     return plant
 
 
 def _nf4_as_fp4() -> None:
-    from harness.quant import weight
+    from harness.quant import STORAGE_SPECS
 
-    weight.ENCODERS["nf4"] = weight.ENCODERS["fp4"]
-    weight.DECODERS["nf4"] = weight.DECODERS["fp4"]
+    STORAGE_SPECS["nf4"].quant_type = "fp4"
 
 
 def _scaled_dequantize(epsilon: float) -> Callable[[], None]:
     def plant() -> None:
-        from harness.quant import weight
+        from harness.quant import STORAGE_SPECS
 
         for storage in ("nf4", "fp4"):
-            decode = weight.DECODERS[storage]
-            weight.DECODERS[storage] = lambda *args, decode=decode, **kwargs: (
-                decode(*args, **kwargs) * (1 + epsilon)
-            )
+            spec = STORAGE_SPECS[storage]
+            spec.decode = lambda *args, decode=spec.decode, **kwargs: decode(*args, **kwargs) * (1 + epsilon)
 
     return plant
 

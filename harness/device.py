@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from harness.quant.registry import FLOAT_DTYPES
+from harness.quant import FLOAT_DTYPES
 
 _NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 

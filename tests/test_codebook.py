@@ -7,8 +7,9 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from harness.quant import ALLOWED_BLOCKSIZES, BUILTIN_CODEBOOKS, quantize, validate_quant_args
+from harness.quant import ALLOWED_BLOCKSIZES, STORAGE_SPECS, STORAGE_TYPES, quantize, validate_quant_args
 from harness.quant.codebook import (
+    CodebookStorage,
     fp4_e2m1_levels,
     fp4_e3m0_levels,
     normal_float_levels,
@@ -18,6 +19,11 @@ from harness.quant.codebook import (
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+BUILTIN_CODEBOOKS = tuple(
+    name
+    for name, spec in STORAGE_SPECS.items()
+    if isinstance(spec, CodebookStorage) and not spec.takes_codebook
+)
 
 
 def normal_weight(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -220,8 +226,9 @@ def test_bad_user_codebook_is_named(codebook, message: str):
         quantize(torch.randn(4, 64), "codebook", codebook=codebook)
 
 
-def test_codebook_ignored_by_other_types():
-    """Like block size for the float types, a codebook given to another storage type is not used."""
-    weight = normal_weight((16, 64))
-    with_codebook = quantize(weight, "nf4_paper", 64, False, codebook=CUSTOM).dequantize()
-    assert torch.equal(with_codebook, quantize(weight, "nf4_paper", 64, False).dequantize())
+@pytest.mark.parametrize("storage", [name for name in STORAGE_TYPES if name != "codebook"])
+def test_codebook_refused_by_other_types(storage: str):
+    """A codebook given to a type with fixed levels would silently do nothing: it is refused, naming
+    quant.codebook and quant.storage."""
+    with pytest.raises(ValueError, match=rf"quant.codebook=.* quant.storage='{storage}'.*allowed: null"):
+        validate_quant_args(storage, 64, False, codebook=CUSTOM)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
@@ -11,19 +9,27 @@ import torch
 from harness.quant import (
     ALLOWED_BLOCKSIZES,
     FOUR_BIT_TYPES,
+    STORAGE_SPECS,
     STORAGE_TYPES,
     QuantizedWeight,
+    StorageArgs,
     quantize,
     theoretical_bits_per_param,
     validate_quant_args,
 )
-from harness.quant.codebook import codebook_levels, normal_float_levels
+from harness.quant.codebook import CodebookStorage, normal_float_levels
 from harness.quant.int4 import dequantize_absmax, double_quantize_absmax, pack_nibbles, unpack_nibbles
-from harness.quant.registry import CODEBOOK_TYPES
 
-# Storage "codebook" stores the levels it is given (here NF4's); every other type ignores them.
+CODEBOOK_TYPES = tuple(name for name, spec in STORAGE_SPECS.items() if isinstance(spec, CodebookStorage))
+# Storage "codebook" stores the levels it is given (here NF4's); every other type refuses levels.
 USER_LEVELS = normal_float_levels(4).tolist()
-store = partial(quantize, codebook=USER_LEVELS)
+
+
+def store(weight: torch.Tensor, storage: str = "nf4", *args, **kwargs) -> QuantizedWeight:
+    """quantize(), with USER_LEVELS for the type that takes a codebook."""
+    spec = STORAGE_SPECS.get(storage)
+    codebook = USER_LEVELS if spec is not None and spec.takes_codebook else None
+    return quantize(weight, storage, *args, codebook=codebook, **kwargs)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -37,7 +43,7 @@ def grid_levels(storage: str) -> torch.Tensor:
     if storage == "int4":
         return torch.arange(-7, 8, dtype=torch.float32)
     if storage in CODEBOOK_TYPES:
-        return codebook_levels(storage, USER_LEVELS)
+        return STORAGE_SPECS[storage].levels(StorageArgs(codebook=tuple(USER_LEVELS)))
     return bnbf.get_4bit_type(storage, device="cpu")
 
 

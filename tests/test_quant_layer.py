@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.quant import FOUR_BIT_TYPES, QuantLinear, frozen_linear, quantize, storage_bytes
+from harness.quant import FOUR_BIT_TYPES, STORAGE_SPECS, QuantLinear, frozen_linear, quantize, storage_bytes
 from harness.quant.codebook import normal_float_levels
 
 
@@ -23,8 +23,8 @@ def test_forward_and_input_gradient_match_dequantized_weight(storage: str, doubl
     """forward = x @ W.T + b and backward = grad @ W for W = dequantize(); nothing in the layer gets a
     gradient; extra positional/keyword arguments (as wrappers pass them) are ignored."""
     linear = make_linear()
-    codebook = normal_float_levels(4).tolist()  # used by storage "codebook" only
-    layer = QuantLinear.from_linear(linear, storage, 64, double_quant, torch.float32, codebook)
+    codebook = normal_float_levels(4).tolist() if STORAGE_SPECS[storage].takes_codebook else None
+    layer = frozen_linear(linear, storage, 64, double_quant, torch.float32, codebook)
     weight = layer.qweight.dequantize(torch.float32)
     x = torch.randn(2, 5, 100, requires_grad=True)
     y = layer(x, "ignored", scale=2.0)
@@ -39,7 +39,7 @@ def test_forward_and_input_gradient_match_dequantized_weight(storage: str, doubl
 
 def test_unfrozen_bias_gets_its_gradient():
     """If a caller unfreezes the bias (peft bias="all"), it gets grad summed over all leading dims."""
-    layer = QuantLinear.from_linear(make_linear(), "int4", 64, True, torch.float32)
+    layer = frozen_linear(make_linear(), "int4", 64, True, torch.float32)
     layer.bias.requires_grad_(True)
     y = layer(torch.randn(2, 5, 100))
     grad = torch.randn_like(y)
@@ -49,7 +49,7 @@ def test_unfrozen_bias_gets_its_gradient():
 
 def test_packed_weight_is_buffers_not_parameters():
     """The only parameter is the frozen bias; codes and constants are buffers, together qweight.nbytes."""
-    layer = QuantLinear.from_linear(make_linear(), "nf4", 64, True, torch.float32)
+    layer = frozen_linear(make_linear(), "nf4", 64, True, torch.float32)
     assert [name for name, _ in layer.named_parameters()] == ["bias"]
     buffers = dict(layer.named_buffers())
     assert set(buffers) == {f"packed_{role}" for role in layer.qweight.tensors}
@@ -59,7 +59,7 @@ def test_packed_weight_is_buffers_not_parameters():
 
 def test_autograd_saves_no_dense_weight():
     """Like MatMul4Bit, backward dequantizes again: no tensor of the weight's size is saved for it."""
-    layer = QuantLinear.from_linear(make_linear(256, 128), "int4", 64, True, torch.float32)
+    layer = frozen_linear(make_linear(256, 128), "int4", 64, True, torch.float32)
     saved: list[torch.Size] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -74,9 +74,9 @@ def test_autograd_saves_no_dense_weight():
 def test_compute_dtype_and_model_dtype_cast():
     """Output is in compute dtype whatever the input's; model.to(bf16) leaves the fp32 constants exact."""
     linear = make_linear()
-    layer = QuantLinear.from_linear(linear, "int4", 64, False, torch.bfloat16)
+    layer = frozen_linear(linear, "int4", 64, False, torch.bfloat16)
     assert layer(torch.randn(3, 100)).dtype == torch.bfloat16 and layer.bias.dtype == torch.bfloat16
-    layer = QuantLinear.from_linear(linear, "nf4", 64, False, torch.float32)
+    layer = frozen_linear(linear, "nf4", 64, False, torch.float32)
     before = layer.qweight.dequantize()
     x = torch.randn(3, 100)
     expected = layer(x)
@@ -88,8 +88,8 @@ def test_compute_dtype_and_model_dtype_cast():
 
 def test_state_dict_round_trip():
     """A layer built for the same layout loads another's state_dict and then computes the same output."""
-    source = QuantLinear.from_linear(make_linear(seed=0), "fp4", 128, True, torch.float32)
-    target = QuantLinear.from_linear(make_linear(seed=1), "fp4", 128, True, torch.float32)
+    source = frozen_linear(make_linear(seed=0), "fp4", 128, True, torch.float32)
+    target = frozen_linear(make_linear(seed=1), "fp4", 128, True, torch.float32)
     target.load_state_dict(source.state_dict())
     x = torch.randn(4, 100)
     assert torch.equal(target(x), source(x))

@@ -12,7 +12,7 @@ import bitsandbytes.functional as bnbf
 import torch
 from bitsandbytes.functional import QuantState
 
-from harness.quant.registry import ABSMAX_BLOCKSIZE
+from harness.quant.spec import ABSMAX_BLOCKSIZE, StorageArgs, StorageSpec, theoretical_bits_per_param
 
 
 def encode_bnb4(
@@ -68,3 +68,27 @@ def decode_bnb4(
     numel = shape.numel()
     state = quant_state(tensors, torch.Size([numel + numel % 2]), blocksize, dtype, quant_type)
     return bnbf.dequantize_4bit(tensors["codes"], state).view(-1)[:numel].view(shape)
+
+
+class Bnb4Storage(StorageSpec):
+    """``nf4`` / ``fp4``: bitsandbytes' blockwise 4-bit types (its CPU and CUDA kernels), with optional
+    double quantization of the constants."""
+
+    devices = ("cpu", "cuda")
+
+    def __init__(self, quant_type: str):
+        self.name = self.quant_type = quant_type
+
+    def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
+        return encode_bnb4(weight, args.blocksize, args.double_quant, self.quant_type)
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return decode_bnb4(tensors, shape, args.blocksize, dtype, self.quant_type)
+
+    def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
+        return theoretical_bits_per_param(args.blocksize, args.double_quant)
+
+
+SPECS = (Bnb4Storage("nf4"), Bnb4Storage("fp4"))

@@ -15,13 +15,16 @@ dequantize 4096 x 4096 at block 64 (2-core AMD EPYC, 2026-12-01).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from harness.quant.int4 import absmax_scaled_blocks, decode_absmax, encode_absmax
-from harness.quant.registry import CODEBOOK_SIZE, USER_CODEBOOK
+from harness.quant.spec import StorageArgs, StorageSpec, theoretical_bits_per_param
+
+CODEBOOK_SIZE = 16  # levels of a user-defined codebook: every pattern of a 4-bit code
 
 
 def normal_float_offset(k: int) -> float:
@@ -90,22 +93,6 @@ def fp4_e3m0_levels() -> torch.Tensor:
     return float_levels(exponent_bits=3, mantissa_bits=0)
 
 
-# Built-in codebooks by storage name (registry.BUILTIN_CODEBOOKS lists the same names).
-BUILTIN_LEVELS = {
-    "nf4_paper": normal_float_levels,
-    "fp4_e2m1": fp4_e2m1_levels,
-    "fp4_e3m0": fp4_e3m0_levels,
-}
-
-
-def codebook_levels(storage: str, codebook: Sequence[float] | None = None) -> torch.Tensor:
-    """The sorted fp32 levels of a codebook storage type: a built-in's, or `codebook` for storage
-    ``codebook`` (validated by registry.validate_codebook before this is called)."""
-    if storage == USER_CODEBOOK:
-        return torch.tensor([float(v) for v in codebook], dtype=torch.float32)
-    return BUILTIN_LEVELS[storage]()
-
-
 def pack_pairs(codes: torch.Tensor) -> torch.Tensor:
     """Pack level indices 0..15 two per byte along the last dim: element 2i high nibble, 2i + 1 low."""
     codes = codes.to(torch.uint8)
@@ -154,3 +141,75 @@ def decode_codebook(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: 
     return dequantize_codebook_blockwise(
         tensors["codes"], absmax, tensors["code"], shape.numel(), dtype
     ).view(shape)
+
+
+def validate_codebook(values: Sequence[float] | None) -> tuple[float, ...]:
+    """A user-defined 4-bit codebook as floats: 16 finite, strictly increasing values in [-1, 1] with 0
+    among them (zero must be exact: padding and pruned weights are zeros). Raises ValueError naming what
+    is wrong."""
+    allowed = f"{CODEBOOK_SIZE} finite, strictly increasing numbers in [-1, 1], one of them exactly 0"
+    if values is None:
+        raise ValueError(f"quant.storage='codebook' needs quant.codebook: {allowed}")
+    values = list(values)
+    bad_types = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad_types:
+        raise ValueError(f"codebook values {bad_types!r} are not numbers; allowed: {allowed}")
+    if len(values) != CODEBOOK_SIZE:
+        raise ValueError(f"codebook has {len(values)} values, not {CODEBOOK_SIZE}; allowed: {allowed}")
+    problems = [f"{v!r} is not finite" for v in values if not math.isfinite(v)]
+    problems += [f"{v!r} is outside [-1, 1]" for v in values if math.isfinite(v) and abs(v) > 1]
+    problems += [
+        f"{b!r} at position {position} does not exceed {a!r}"
+        for position, (a, b) in enumerate(zip(values, values[1:], strict=False), start=2)
+        if not b > a
+    ]
+    if 0 not in values:
+        problems.append("no value is exactly 0")
+    if problems:
+        raise ValueError(f"codebook {values!r} is not allowed: {'; '.join(problems)}; allowed: {allowed}")
+    return tuple(float(v) for v in values)
+
+
+def user_levels(args: StorageArgs) -> torch.Tensor:
+    """Storage ``codebook``'s levels: ``quant.codebook`` (validated by validate_codebook) in fp32."""
+    return torch.tensor([float(v) for v in args.codebook], dtype=torch.float32)
+
+
+class CodebookStorage(StorageSpec):
+    """A 4-bit type defined by its levels alone, on Int4's blocks, absmax and double quantization; pure
+    torch, any device. `levels` gives the sorted fp32 levels in [-1, 1] for a job's settings."""
+
+    def __init__(self, name: str, levels: Callable[[StorageArgs], torch.Tensor]):
+        self.name, self.levels = name, levels
+
+    def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
+        return encode_codebook(weight, args.blocksize, args.double_quant, self.levels(args))
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return decode_codebook(tensors, shape, dtype)
+
+    def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
+        return theoretical_bits_per_param(args.blocksize, args.double_quant)
+
+
+class UserCodebookStorage(CodebookStorage):
+    """``codebook``: the 16 levels come from ``quant.codebook``."""
+
+    takes_codebook = True
+
+    def __init__(self):
+        super().__init__("codebook", user_levels)
+
+    def check(self, args: StorageArgs) -> None:
+        super().check(args)
+        validate_codebook(args.codebook)
+
+
+SPECS = (
+    CodebookStorage("nf4_paper", lambda args: normal_float_levels()),
+    CodebookStorage("fp4_e2m1", lambda args: fp4_e2m1_levels()),
+    CodebookStorage("fp4_e3m0", lambda args: fp4_e3m0_levels()),
+    UserCodebookStorage(),
+)

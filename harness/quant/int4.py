@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.quant.registry import ABSMAX_BLOCKSIZE
+from harness.quant.spec import ABSMAX_BLOCKSIZE, StorageArgs, StorageSpec, theoretical_bits_per_param
 
 INT4_MAX = 7
 INT8_MAX = 127
@@ -133,3 +133,23 @@ def decode_int4(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torc
     """Dequantized weight in its original shape; the block size is implied by the packed codes' shape."""
     absmax = decode_absmax(tensors)
     return dequantize_int4_blockwise(tensors["codes"], absmax, shape.numel(), dtype).view(shape)
+
+
+class Int4Storage(StorageSpec):
+    """``int4``: the uniform-grid baseline, pure torch, on any device."""
+
+    name = "int4"
+
+    def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
+        return encode_int4(weight, args.blocksize, args.double_quant)
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return decode_int4(tensors, shape, dtype)
+
+    def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
+        return theoretical_bits_per_param(args.blocksize, args.double_quant)
+
+
+SPECS = (Int4Storage(),)

@@ -11,6 +11,8 @@ import bitsandbytes.functional as bnbf
 import torch
 from torch import nn
 
+from harness.quant.spec import StorageArgs, StorageSpec
+
 OUTLIER_THRESHOLD = 6.0  # LLM.int8() paper: activation columns above this stay in 16 bit
 
 
@@ -57,3 +59,31 @@ def linear8bit_bytes(layer: bnb.nn.Linear8bitLt) -> int:
 def linear8bit_weight(layer: bnb.nn.Linear8bitLt) -> torch.Tensor:
     """The weight the layer stores (int8 codes times row scales), dequantized to fp32."""
     return bnbf.int8_vectorwise_dequant(layer.weight.data, _row_scales(layer)).float()
+
+
+class Int8Storage(StorageSpec):
+    """``int8``: LLM.int8() through bitsandbytes' Linear8bitLt (no blocks; one scale per row)."""
+
+    name = "int8"
+    blockwise = False
+    devices = ("cpu", "cuda")
+
+    def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
+        return encode_int8(weight)
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return decode_int8(tensors, shape, dtype)
+
+    def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
+        """8-bit codes plus one fp32 scale per row."""
+        return 8 + 32 / shape[-1]
+
+    def frozen_layer(
+        self, linear: nn.Linear, args: StorageArgs, compute_dtype: torch.dtype | None
+    ) -> nn.Module:
+        return linear8bit(linear, compute_dtype or linear.weight.dtype)
+
+
+SPECS = (Int8Storage(),)

@@ -21,6 +21,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
+from harness.quant import SIXTEEN_BIT_TYPES
 from harness.report.metrics import Metric, Row, config_labels, metric_frame, show
 from harness.stats import (
     Bootstrap,
@@ -36,7 +37,6 @@ from harness.stats.paired import percentile_ci, resample_stats
 SEED = "config.seed"
 WARMUP = "config.train.warmup_steps_excluded"
 LOSS = "train.loss"
-SIXTEEN_BIT = ("bf16", "fp16")
 MIN_DOCUMENTS = 10  # fewer, and a bootstrap over documents cannot see their spread
 _EVAL_BLOCKS = ("eval", "eval_delta")
 COLUMNS = [
@@ -188,7 +188,7 @@ def select_reference(ok: pd.DataFrame, rows: list[Row], selector: str | None) ->
     """
     if selector is None:
         storage = ok.get("config.quant.storage", pd.Series(index=ok.index, dtype=object))
-        sixteen = [i for i, row in enumerate(rows) if storage[row.jobs].isin(SIXTEEN_BIT).all()]
+        sixteen = [i for i, row in enumerate(rows) if storage[row.jobs].isin(SIXTEEN_BIT_TYPES).all()]
         return sixteen[0] if len(sixteen) == 1 else 0
     wanted = parse_selector(selector)
     unknown = [k for k in wanted if f"config.{k}" not in ok]
