@@ -1,8 +1,10 @@
 """Typed job configuration: the one schema every Hydra group, sweep and saved job config is checked against.
 
 Each section is a dataclass in the style of peft's ``LoraConfig``: typed fields, a ``help`` per field, and
-the checks in ``__post_init__``. Choices are enums, so Hydra rejects a bad value (``quant.storage=nf5``) or a
-misspelt key when it composes the config — for a sweep, before its first job starts. Range checks run when
+the checks in ``__post_init__``. Choices are enums, so Hydra rejects a bad value (``train.optimizer=sgd``) or
+a misspelt key when it composes the config — for a sweep, before its first job starts. ``quant.storage`` is
+a string, since it may name a user's own type (``package.module:Object``): the storage registry checks it
+with the other storage settings, in ``QuantConfig.__post_init__``. Range checks run when
 :func:`validate_config` turns the composed config into these objects, before any model is loaded; checks
 that need the device (kernels, paged optimizers) are in :meth:`JobConfig.check_device`.
 """
@@ -22,11 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from harness.plan.shipped import SHIPPED_CONFIGS
-from harness.quant.registry import (
+from harness.quant import (
     FLOAT_DTYPES,
+    STORAGE_SPECS,
     STORAGE_TYPES,
-    USER_CODEBOOK,
-    check_storage_device,
+    StorageArgs,
+    StorageSpec,
+    storage_args,
+    storage_spec,
     validate_quant_args,
 )
 
@@ -36,8 +41,8 @@ class ConfigError(ValueError):
 
 
 class Choice(str, Enum):
-    """A string choice that OmegaConf validates by name and that prints as its value (``nf4``, not
-    ``Storage.nf4``), so results, logs and f-strings read the same as the YAML."""
+    """A string choice that OmegaConf validates by name and that prints as its value (``adamw``, not
+    ``Optimizer.adamw``), so results, logs and f-strings read the same as the YAML."""
 
     def __str__(self) -> str:
         return self.value
@@ -50,8 +55,6 @@ def _choices(name: str, values) -> type[Choice]:
     return Choice(name, [(v, v) for v in values])
 
 
-# Storage types come from the quantization registry, the one list of them.
-Storage = _choices("Storage", STORAGE_TYPES)
 ComputeDtype = _choices("ComputeDtype", ("auto", *FLOAT_DTYPES))
 Optimizer = _choices("Optimizer", ("adamw", "paged_adamw_32bit", "paged_adamw_8bit"))
 Device = _choices("Device", ("auto", "cpu", "cuda"))
@@ -93,7 +96,11 @@ class ModelConfig:
 class QuantConfig:
     """How the frozen base weights are stored (``harness.quant.registry`` defines the types)."""
 
-    storage: Storage = _help("storage type of the frozen linear weights", Storage.nf4)
+    storage: str = _help(
+        f"storage type of the frozen linear weights: {', '.join(STORAGE_TYPES)}, or a plugin "
+        "package.module:Object (docs/storage_plugins.md)",
+        "nf4",
+    )
     blocksize: int = _help("values per absmax constant (4-bit types): 32..4096, powers of two", 64)
     double_quant: bool = _help("store the absmax constants in 8 bits, blocks of 256 (4-bit types)", True)
     compute_dtype: ComputeDtype = _help(
@@ -109,7 +116,15 @@ class QuantConfig:
     )
 
     def __post_init__(self) -> None:
-        validate_quant_args(str(self.storage), self.blocksize, self.double_quant, codebook=self.codebook)
+        validate_quant_args(self.storage, self.blocksize, self.double_quant, codebook=self.codebook)
+
+    def spec(self) -> StorageSpec:
+        """The storage type's spec (from the registry; a plugin is imported once, when checked)."""
+        return storage_spec(self.storage)
+
+    def args(self) -> StorageArgs:
+        """The settings the storage type is built with."""
+        return storage_args(self.blocksize, self.double_quant, self.codebook)
 
 
 @dataclass
@@ -301,7 +316,7 @@ class JobConfig:
     def check_device(self, device: torch.device) -> None:
         """The checks that need the device (the others ran in ``__post_init__``): storage kernels and paged
         optimizers."""
-        check_storage_device(str(self.quant.storage), device)
+        self.quant.spec().check_device(device)
         if str(self.train.optimizer).startswith("paged_") and device.type != "cuda":
             raise ConfigError(
                 f"train.optimizer={self.train.optimizer} pages optimizer state through CUDA unified memory "
@@ -349,12 +364,12 @@ def group_options() -> dict[str, dict[str, Any]]:
     setting; ``nf4-nodq`` without), the paper's LoRA, the two training presets and the data sets. Groups
     that are lists of names (``eval``) and the test preset ``train=smoke`` are YAML files in ``conf/``."""
     quant = {
-        name: QuantConfig(storage=Storage(name), double_quant=name == "nf4")
-        for name in STORAGE_TYPES
-        if name != USER_CODEBOOK  # needs its levels: quant.storage=codebook quant.codebook=[...]
+        name: QuantConfig(storage=name, double_quant=name == "nf4")
+        for name, spec in STORAGE_SPECS.items()
+        if not spec.takes_codebook  # needs its levels: quant.storage=codebook quant.codebook=[...]
     }
     return {
-        "quant": {**quant, "nf4-nodq": QuantConfig(storage=Storage.nf4, double_quant=False)},
+        "quant": {**quant, "nf4-nodq": QuantConfig(storage="nf4", double_quant=False)},
         "lora": {"paper": LoraConfig()},
         "train": {
             "cpu": TrainConfig(),  # sized for 2 CPU cores: 30 steps of 4 x <=256 tokens

@@ -1,23 +1,23 @@
-"""Analytic peak training memory of a QLoRA job: say before a run whether a setting fits, and explain a
-measured peak term by term.
+"""Analytic peak training memory of a QLoRA job: say before a run whether a setting fits (``qlora-plan``),
+and explain a measured peak term by term.
 
-The model's linear layers and their shapes are read from the model itself (any names: ``q_proj``,
-``query_key_value``, ``gate_up_proj``); what the frozen path between them saves for backward is modelled
-for the decoder families in ``MODELLED_FAMILIES`` (RMSNorm, attention with grouped KV heads, gated MLP),
-and any other family raises ``UnmodelledFamilyError`` (a job records it as a caveat). LoRA sits on the
-chosen linear layers, trained the way ``harness.train.loop`` trains it. Activations count what autograd
-really saves: the harness's DequantMatmul saves no input for the frozen weight, so a LoRA target costs its
-dropout mask and dropped input (saved by lora_A for its weight gradient) plus the rank-r activation, and the
-frozen attention/MLP path saves what RMSNorm, RoPE, SDPA and SiLU·up need. With gradient checkpointing only
-each layer's input is kept, and one layer is recomputed at a time in backward.
+Everything is read from the model's module tree and config, for any family (no table of names): the linear
+layers and their shapes (``q_proj``, ``query_key_value``, ``gate_up_proj``, GPT-2's Conv1D), the norms of a
+block (RMSNorm keeps an fp32 input, LayerNorm one in the compute dtype), whether the MLP is gated (its
+input layers write twice what its output layer reads) and every other parameter (embeddings, biases, a
+tied or untied head). LoRA sits on the chosen linear layers, trained the way ``harness.train.loop`` trains
+it. Activations count what autograd really saves: the harness's DequantMatmul saves no input for the
+frozen weight, so a LoRA target costs its dropout mask and dropped input (saved by lora_A for its weight
+gradient) plus the rank-r activation, and the frozen path saves what the norms, SDPA (or eager attention's
+probabilities) and the MLP's activation need. With gradient checkpointing only each layer's input is kept,
+and one layer is recomputed at a time in backward.
 
 The peak is the largest of three moments of a step (every one after the first, when the optimizer state
-exists): the loss (all saved activations plus the logits/cross-entropy buffers), the backward of a
-recomputed layer, and the optimizer step. On CPU the measured peak is the resident set, so one more term
-counts: the process's baseline (libraries, data; measured before the model is loaded). The model counts
-live tensors, which is what the resident set follows with ``cpu_heap=lean``; with the default ``fast``
-glibc's heap also keeps freed activations (up to a forward pass's worth), which is not modelled
-(``harness.train.meters``; reports/perf/).
+exists): the end of the forward (all saved activations, the logits/cross-entropy buffers, autocast's
+copies of the adapter weights), the backward of a recomputed layer, and the optimizer step. On CPU the
+measured peak is the resident set, so two more terms count: the process's baseline (libraries, data;
+measured before the model is loaded) and, under ``cpu_heap=fast``, what glibc's heap keeps of freed
+memory (``heap_retained``; ``harness.train.meters``).
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ from torch import nn
 from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
-from harness.quant import FOUR_BIT_TYPES, theoretical_bits_per_param
 
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 (get_peft_model's autocast_adapter_dtype)
 LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
 # Optimizer state bytes per trainable parameter: AdamW keeps two states; bitsandbytes' 8-bit states hold
 # one byte each plus an fp32 absmax per block of 256.
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8bit": 2 * (1 + 4 / 256)}
-STORAGE_BITS = {"int8": 8.0, "bf16": 16.0, "fp16": 16.0, "fp32": 32.0}
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
 LOSS_BUFFERS = 3
@@ -198,24 +196,27 @@ class BatchShape:
         return self.rows * self.width
 
 
-def weight_bits(storage: str, blocksize: int, double_quant: bool) -> float:
-    """Stored bits per frozen weight parameter (codes and block constants; codebooks do not scale)."""
-    if storage in FOUR_BIT_TYPES:
-        return theoretical_bits_per_param(blocksize, double_quant)
-    return STORAGE_BITS[storage]
+def weight_bytes(quant, fan_in: int, fan_out: int) -> float:
+    """Stored bytes of one frozen fan_out x fan_in weight by its storage type's formula (codes and
+    constants; code tables do not scale)."""
+    bits = quant.spec().bits_per_param(quant.args(), torch.Size((fan_out, fan_in)))
+    return bits * fan_in * fan_out / 8
 
 
 def weight_terms(shape: ModelShape, quant, compute_bytes: int) -> dict[str, int]:
     """Frozen weights: quantized linear layers at their storage's bits/param (exact: codes and constants),
     everything else (embeddings, norms, biases, skipped layers such as lm_head) in the compute dtype."""
     skip = list(quant.skip_modules)
-    block = [(is_skipped(name, skip), i * o) for name, i, o in shape.linears]
-    outer = [(is_skipped(name, skip), i * o, tied) for name, i, o, tied in shape.outer_linears]
-    quantized = shape.layers * sum(n for s, n in block if not s) + sum(n for s, n, _ in outer if not s)
-    skipped = shape.layers * sum(n for s, n in block if s) + sum(n for s, n, tied in outer if s and not tied)
-    bits = weight_bits(str(quant.storage), quant.blocksize, quant.double_quant)
+    block = [(is_skipped(name, skip), i, o) for name, i, o in shape.linears]
+    outer = [(is_skipped(name, skip), i, o, tied) for name, i, o, tied in shape.outer_linears]
+    quantized = shape.layers * sum(weight_bytes(quant, i, o) for s, i, o in block if not s) + sum(
+        weight_bytes(quant, i, o) for s, i, o, _ in outer if not s
+    )
+    skipped = shape.layers * sum(i * o for s, i, o in block if s) + sum(
+        i * o for s, i, o, tied in outer if s and not tied
+    )
     return {
-        "quantized_weights": round(quantized * bits / 8),
+        "quantized_weights": round(quantized),
         "unquantized_params": (shape.other_params + skipped) * compute_bytes,
     }
 
