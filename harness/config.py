@@ -388,8 +388,20 @@ def group_options() -> dict[str, dict[str, Any]]:
     }
 
 
+def storage_help() -> str:
+    """The storage types as ``qlora-bench --help`` lists them (``${storage_types:}`` in conf/config.yaml)."""
+    blockwise = " ".join(name for name, spec in STORAGE_SPECS.items() if spec.blockwise)
+    other = " ".join(name for name, spec in STORAGE_SPECS.items() if not spec.blockwise)
+    return (
+        f"{blockwise} (quant.blocksize 32..4096, quant.double_quant) | {other} | "
+        "package.module:Object (your own: docs/storage_plugins.md)"
+    )
+
+
 def register_configs() -> None:
-    """Register the schema that ``conf/config.yaml`` builds on, and the dataclass-defined group options."""
+    """Register the schema that ``conf/config.yaml`` builds on, the dataclass-defined group options and the
+    help text's list of storage types."""
+    OmegaConf.register_new_resolver("storage_types", storage_help, replace=True)
     store = ConfigStore.instance()
     store.store(name="job_schema", node=JobConfig)
     for group, options in group_options().items():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from harness.config import register_configs
+from harness.paths import CONF_DIR
 from harness.quant import (
     ALLOWED_BLOCKSIZES,
     FOUR_BIT_TYPES,
@@ -324,3 +327,13 @@ def test_device_without_kernels_is_refused():
     with pytest.raises(NotImplementedError, match="'nf4'.*cpu, cuda.*meta"):
         validate_quant_args("nf4", 64, True, device="meta")
     assert validate_quant_args("int4", 64, True, device="meta").name == "int4"
+
+
+def test_help_lists_every_storage_type():
+    """``qlora-bench --help`` lists every type of the registry (conf/config.yaml reads it through the
+    ``storage_types`` resolver) and the plugin form."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        footer = compose(config_name="config", return_hydra_config=True).hydra.help.footer
+    listed = footer.split("Storage types: ")[1].split("\n")[0]
+    assert set(STORAGE_TYPES) <= set(listed.split()) and "package.module:Object" in listed
