@@ -44,6 +44,13 @@ def _device(result: dict) -> DeviceSpec:
     return known_device(env.get("device_name", "cuda"), env.get("device_memory_gib", 0.0))
 
 
+def _measured_peak(path: Path, train: dict) -> int:
+    """The job's peak; a job run by benchmarks.memory_phases reset VmHWM at every phase, so its peak is the
+    largest phase peak in phases.json."""
+    phases = path.parent / "phases.json"
+    return json.loads(phases.read_text())["peak_rss"] if phases.exists() else train["peak_memory_bytes"]
+
+
 def compare(path: Path) -> dict | None:
     """One job's predicted and measured peaks (bytes) and, on CUDA, the measured efficiency."""
     result = json.loads(path.read_text())
@@ -61,11 +68,11 @@ def compare(path: Path) -> dict | None:
         "heap": str(job.cpu_heap),
         "terms": estimate["terms"],
     }
-    row |= {"predicted": estimate["total"], "measured": train["peak_memory_bytes"]}
+    row |= {"predicted": estimate["total"], "measured": _measured_peak(path, train)}
     if device.kind == "cpu":
         measured_baseline = ((train.get("memory_estimate") or {}).get("terms") or {}).get("baseline_rss")
         row["predicted_added"] = estimate["total"] - CPU_BASELINE_BYTES
-        row["measured_added"] = train["peak_memory_bytes"] - measured_baseline if measured_baseline else None
+        row["measured_added"] = row["measured"] - measured_baseline if measured_baseline else None
         return row
     terms = estimate["terms"]
     row["predicted"] = estimate["total"] - terms["cuda_context"] - terms["allocator_reserve"]

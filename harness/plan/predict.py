@@ -81,9 +81,10 @@ class JobPlan:
         if self.fits:
             return f"fits: {self.predicted_peak / GIB:.1f} of {memory}"
         if self.max_batch_size == 0:
+            longest = f"{self.max_seq_len} tokens" if self.max_seq_len else "none"
             return (
-                f"does not fit: {self.predicted_peak / GIB:.1f} GiB over {memory} even at batch size 1 "
-                f"(the longest sequence that fits at this batch size: {self.max_seq_len} tokens)"
+                f"does not fit: {self.predicted_peak / GIB:.1f} GiB over {memory}, and even batch size 1 "
+                f"does not fit (the longest sequence that fits at this batch size: {longest})"
             )
         return (
             f"does not fit: {self.predicted_peak / GIB:.1f} GiB over {memory} at this batch; "
