@@ -33,14 +33,28 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
+def native_bf16(cpu_flags: dict[str, bool], aten_capability: str, onednn_bf16: bool) -> bool:
+    """Whether bf16 matmuls run in hardware: the CPU has the instructions (AVX-512 BF16 or AMX) *and*
+    torch's kernels may use them. ATen's vectorised kernels must dispatch to AVX-512 (not capped by
+    ``ATEN_CPU_CAPABILITY=avx2``) and oneDNN must run bf16 (not capped by ``ONEDNN_MAX_CPU_ISA=AVX2``);
+    capped, an AVX-512 machine computes as an AVX2 one does, so the emulated AVX2 class (``.ci/run``)
+    picks fp32 like a real one."""
+    has_instructions = any(bool(cpu_flags.get(flag)) for flag in _NATIVE_BF16_CPU_FLAGS)
+    return has_instructions and aten_capability.startswith("AVX512") and onednn_bf16
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX), as torch's CPU probe reports.
+    """:func:`native_bf16` for this process, from torch's CPU probes (CPU flags, ATen's dispatch level,
+    oneDNN's bf16 support; the last two honour the capping environment variables).
 
     There bf16 matmuls run ~2.3x faster than fp32 (394 vs 172 GFLOP/s measured on an AMD EPYC with
     AVX-512 BF16); on AVX2-only CPUs they are emulated and ~9x slower.
     """
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return any(bool(capabilities.get(flag)) for flag in _NATIVE_BF16_CPU_FLAGS)
+    return native_bf16(
+        torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {},
+        torch.backends.cpu.get_cpu_capability(),
+        torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    )
 
 
 def choose_compute_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
@@ -52,7 +66,10 @@ def choose_compute_dtype(name: str, device: torch.device) -> tuple[torch.dtype, 
         return torch.bfloat16, "auto: CUDA computes in bf16, as in the paper"
     if cpu_has_native_bf16():
         return torch.bfloat16, "auto: this CPU has native bf16 matmuls (AVX-512 BF16 or AMX)"
-    return torch.float32, "auto: this CPU has no native bf16 (bf16 matmuls would be emulated, ~9x slower)"
+    return torch.float32, (
+        "auto: no native bf16 here (an AVX2-class CPU, or torch's kernels capped to one; bf16 matmuls "
+        "would be emulated, ~9x slower)"
+    )
 
 
 def dtype_name(dtype: torch.dtype) -> str:
