@@ -1,16 +1,19 @@
-"""``python -m benchmarks.perf.eval_cost [--eval quick] [--tasks ...] [--limit ...] [--repeats 2]``
+"""``python -m benchmarks.perf.eval_cost [--eval quick zeroshot:40] [--repeats 2]``
 
 What evaluation costs against this machine's forward limit, on the quickstart's model: SmolLM2-135M in NF4
 (block 64, double quantization, lm_head kept) with the paper's LoRA (r 64, all linear layers), evaluated
-through ``harness.evaluate.evaluate_model`` on one eval group, once per way, side by side in one run:
+through ``harness.evaluate.evaluate_model`` on each eval group (``GROUP`` or ``GROUP:LIMIT``), once per way,
+side by side in one run:
 
-- before: ``eval.dense_weights_mib=0`` (the default), every forward dequantizes every 4-bit weight, as
-  training does;
-- after: ``eval.dense_weights_mib=1024``, each 4-bit weight dequantized once for the evaluation.
+- before: ``eval.backend=hflm``, lm-eval's HFLM: every request forwards its whole context, batches of
+  ``eval.batch_size`` requests padded to their longest, lm_head and log_softmax at every position;
+- after: ``eval.backend=packed`` (the default), ``harness.evaluate.packed.PackedLM``: each distinct token
+  once.
 
-Each run is a fresh process (its own peak resident set). lm-eval's HFLM is subclassed to count tokens and
-time its forwards and to keep every log-likelihood it returns; the two ways' log-likelihoods must agree
-within 1e-4 relative. A last, profiled run of the default way says where the time goes. Writes
+Each run is a fresh process. The LM class of each way is subclassed to count what it computes (tokens as
+requested, as computed, as padded; scored rows through lm_head), time its log-likelihood calls and keep every
+log-likelihood and per-document sample, which must agree between the ways (1e-4 relative; accuracies
+identical). A last, profiled run of the default way per group says where the time goes. Writes
 ``reports/perf/eval_cost.md``.
 """
 
@@ -38,52 +41,65 @@ from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
 from harness.env import git_commit, short_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-WAYS = {"before": 0, "after": 1024}  # eval.dense_weights_mib
+WAYS = {"before": "hflm", "after": "packed"}  # eval.backend
 TOLERANCE = 1e-4
-TOP_OPS = 12
+TOP_OPS = 10
 
 
-def eval_config(args: argparse.Namespace, way: str):
-    """The eval group as a job composes it, with the command's overrides and the way's budget."""
+def eval_config(group: str, limit: int | float | None, way: str):
+    """The eval group as a job composes it, with the command's limit and the way's backend."""
     from omegaconf import OmegaConf
 
     from harness.config import EvalConfig
     from harness.paths import CONF_DIR
 
-    group = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "eval" / f"{args.eval}.yaml"))
-    cfg = EvalConfig(**group)
-    overrides = {"tasks": args.tasks, "limit": args.limit}
-    return replace(cfg, dense_weights_mib=WAYS[way], **{k: v for k, v in overrides.items() if v is not None})
+    cfg = EvalConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "eval" / f"{group}.yaml")))
+    return replace(cfg, backend=WAYS[way], **({"limit": limit} if limit is not None else {}))
 
 
-def measured_hflm():
-    """lm-eval's HFLM, counting what it computes: real tokens (context + continuation of each forwarded
-    row), padded tokens (the batch as the model sees it), seconds in the model's forward, and every
-    log-likelihood in the order lm-eval asks for them."""
+def measured(cls):
+    """``cls`` (HFLM or PackedLM) counting what it computes and keeping every log-likelihood it returns."""
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    class MeasuredHFLM(HFLM):
-        log = {"tokens": 0, "padded_tokens": 0, "forward_s": 0.0, "loglikelihood_s": 0.0, "values": []}
+    from harness.evaluate.packed import model_input
 
-        def _model_call(self, inps: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            start = time.perf_counter()
-            logits = super()._model_call(inps, *args, **kwargs)
-            self.log["forward_s"] += time.perf_counter() - start
-            self.log["padded_tokens"] += inps.numel()
-            return logits
+    class Measured(cls):
+        log = {"requested": 0, "real": 0, "padded": 0, "head_rows": 0, "values": []}
+        log |= {"requests_s": 0.0, "forward_s": 0.0, "head_s": 0.0}
 
         def _loglikelihood_tokens(self, requests, *args, **kwargs):
             start = time.perf_counter()
             answers = super()._loglikelihood_tokens(requests, *args, **kwargs)
-            self.log["loglikelihood_s"] += time.perf_counter() - start
+            self.log["requests_s"] += time.perf_counter() - start
             self.log["values"] += [answer[0] for answer in answers]
-            # rows that share a context and a one-token continuation are forwarded once: count them once
-            rows = {tuple((ctx + cont)[-(self.max_length + 1) :][:-1]) for _, ctx, cont in requests}
-            self.log["tokens"] += sum(len(row) for row in rows)
+            rows = [tuple(model_input(c, k, self.max_length)) for _, c, k in requests]
+            self.log["requested"] += sum(len(row) for row in rows)
+            if cls is HFLM:  # HFLM forwards each distinct row once (its one-token-continuation cache)
+                self.log["real"] += sum(len(row) for row in set(rows))
             return answers
 
-    return MeasuredHFLM
+        def _model_call(self, inps: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # HFLM's forward
+            self.log["padded"] += inps.numel()
+            self.log["head_rows"] += inps.numel()
+            return self.timed("forward_s", super()._model_call, inps, *args, **kwargs)
+
+        def _hidden_states(self, trees):  # PackedLM's forward
+            self.log["real"] += sum(len(tree.tokens) for tree in trees)
+            self.log["padded"] += len(trees) * max(len(tree.tokens) for tree in trees)
+            return self.timed("forward_s", super()._hidden_states, trees)
+
+        def _scored_log_probs(self, states, *args, **kwargs):  # PackedLM's lm_head rows
+            self.log["head_rows"] += len(states)
+            return self.timed("head_s", super()._scored_log_probs, states, *args, **kwargs)
+
+        def timed(self, key: str, call, *args, **kwargs):
+            start = time.perf_counter()
+            out = call(*args, **kwargs)
+            self.log[key] += time.perf_counter() - start
+            return out
+
+    return Measured
 
 
 def quantized_model(dtype, device):
@@ -109,24 +125,32 @@ def top_ops(profile, wall_s: float) -> list[dict]:
     ]
 
 
-def run_worker(way: str, profiled: bool, args: argparse.Namespace, out: Path) -> None:
-    """One evaluation in this process: timings, token counts, log-likelihoods, peak resident set."""
+def parse_group(spec: str) -> tuple[str, int | float | None]:
+    """``GROUP`` or ``GROUP:LIMIT`` (an int: examples per task; a float < 1: a fraction)."""
+    group, _, limit = spec.partition(":")
+    if not limit:
+        return group, None
+    return group, float(limit) if "." in limit else int(limit)
+
+
+def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Path) -> None:
+    """One evaluation in this process: timings, token counts, log-likelihoods, samples, peak resident set."""
     import contextlib
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     import harness.evaluate.runner as runner
+    from harness.config import EvalBackend
     from harness.device import choose_compute_dtype, pick_device
-    from harness.evaluate.dense import MIB, dense_bytes
-    from harness.quant import QuantLinear
     from harness.train.meters import peak_memory, reset_peak_memory
 
     device = pick_device("auto")
-    dtype = choose_compute_dtype("auto", device)[0]
+    dtype = choose_compute_dtype(compute_dtype, device)[0]
     model, tokenizer = quantized_model(dtype, device)
-    cfg = eval_config(args, way)
-    runner.HFLM = hflm = measured_hflm()  # evaluate_model builds its HFLM from this name
+    cfg = eval_config(*parse_group(spec), way)
+    backend = EvalBackend(cfg.backend)
+    lm_class = runner.LM_CLASSES[backend] = measured(runner.LM_CLASSES[backend])
     reset_peak_memory(device)
     rss_start = peak_memory(device)["peak_memory_bytes"]
     profiler = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
@@ -134,20 +158,20 @@ def run_worker(way: str, profiled: bool, args: argparse.Namespace, out: Path) ->
     with profiler:
         evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
     wall_s = time.perf_counter() - start
-    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     result = {
-        **hflm.log,
+        **lm_class.log,
         "way": way,
         "wall_s": wall_s,
         "dtype": str(dtype).removeprefix("torch."),
-        "dense_weights_mib": cfg.dense_weights_mib,
-        "dense_bytes_all": sum(dense_bytes(layer) for layer in layers),
-        "dense_budget_bytes": cfg.dense_weights_mib * MIB,
         "rss_start_bytes": rss_start,
         "peak_rss_bytes": peak_memory(device)["peak_memory_bytes"],
         "metrics": evaluation.metrics,
+        "samples": evaluation.samples.to_dict("records"),
+        "limit": cfg.limit,
+        "tasks": list(cfg.tasks),
         "threads": torch.get_num_threads(),
         "batch_size": cfg.batch_size,
+        "hidden": model.config.hidden_size,
         "vocab": model.config.vocab_size,
     }
     if profiled:
@@ -155,26 +179,14 @@ def run_worker(way: str, profiled: bool, args: argparse.Namespace, out: Path) ->
     out.write_text(json.dumps(result))
 
 
-def spawn(way: str, profiled: bool, args: argparse.Namespace) -> dict:
+def spawn(spec: str, way: str, profiled: bool, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="eval-cost-") as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.perf.eval_cost",
-            *args.argv,
-            "--worker",
-            way,
-            "--result",
-            str(out),
-        ]
-        subprocess.run([*cmd, *(["--profiled"] if profiled else [])], cwd=ROOT, check=True)
+        cmd = [sys.executable, "-m", "benchmarks.perf.eval_cost", "--compute-dtype", args.compute_dtype]
+        cmd += ["--worker", way, "--group", spec, "--result", str(out), *(["--profiled"] if profiled else [])]
+        subprocess.run(cmd, cwd=ROOT, check=True)
         result = json.loads(out.read_text())
-    print(
-        f"[{way}{' profiled' if profiled else ''}] {result['tokens'] / result['wall_s']:.0f} tokens/s, "
-        f"{result['wall_s']:.1f} s",
-        flush=True,
-    )
+    print(f"[{spec} {way}{' profiled' if profiled else ''}] {result['wall_s']:.1f} s", flush=True)
     return result
 
 
@@ -182,6 +194,23 @@ def max_relative_difference(a: list[float], b: list[float]) -> float:
     if len(a) != len(b):
         raise SystemExit(f"the two ways made different requests: {len(a)} vs {len(b)} log-likelihoods")
     return max((abs(x - y) / max(abs(x), abs(y), 1e-30) for x, y in zip(a, b, strict=True)), default=0.0)
+
+
+def sample_differences(before: list[dict], after: list[dict]) -> tuple[int, float]:
+    """Per-document samples (``samples.parquet`` rows): how many accuracy-like (mean) values differ, and the
+    largest relative difference of the others (summed log-likelihoods); every other column must match."""
+    keys = ("task", "doc_id", "doc_hash", "metric", "aggregation", "weight")
+    if [[r[k] for k in keys] for r in before] != [[r[k] for k in keys] for r in after]:
+        raise SystemExit("the two ways logged different samples (documents, metrics or weights)")
+    mean = [
+        (b["value"], a["value"]) for b, a in zip(before, after, strict=True) if b["aggregation"] == "mean"
+    ]
+    other = [
+        (b["value"], a["value"]) for b, a in zip(before, after, strict=True) if b["aggregation"] != "mean"
+    ]
+    return sum(b != a for b, a in mean), max_relative_difference(
+        *map(list, zip(*other, strict=True))
+    ) if other else 0.0
 
 
 def provenance() -> dict:
@@ -198,85 +227,76 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def seconds(runs: list[dict]) -> str:
-    return ", ".join(f"{r['wall_s']:.2f}" for r in runs)
+def useful_flops(r: dict, limit: dict) -> float:
+    """Linear-layer FLOPs of the tokens that had to be computed: every real (unpadded) token through the
+    blocks, and through lm_head each real row (HFLM runs it at every position) or each scored row (packed)."""
+    head = 2 * r["hidden"] * r["vocab"]
+    head_rows = r["real"] if r["way"] == "before" else r["head_rows"]
+    return (limit["flops_per_token"] - head) * r["real"] + head * head_rows
 
 
-def way_row(way: str, r: dict, limit_tps: float) -> str:
-    rate, forward_rate = r["tokens"] / r["wall_s"], r["padded_tokens"] / r["forward_s"]
+def way_row(label: str, r: dict, limit: dict) -> str:
+    flops = useful_flops(r, limit)
     cells = [
-        way,
-        str(r["dense_weights_mib"]),
+        label,
         f"{r['wall_s']:.2f}",
-        f"{rate:.0f}",
-        f"{rate / limit_tps:.1%}",
-        f"{r['forward_s']:.2f}",
-        f"{forward_rate:.0f}",
-        f"{forward_rate / limit_tps:.1%}",
+        f"{r['requested']:,}",
+        f"{r['real']:,} / {r['padded']:,}",
+        f"{r['head_rows']:,}",
+        f"{r['real'] / r['wall_s']:.0f}",
+        f"{r['requested'] / r['wall_s']:.0f}",
+        f"{flops / r['wall_s'] / limit['rate']:.1%}",
+        f"{flops / r['requests_s'] / limit['rate']:.1%}",
         mib(r["peak_rss_bytes"]),
-        mib(r["peak_rss_bytes"] - r["rss_start_bytes"]),
     ]
     return "| " + " | ".join(cells) + " |"
 
 
-def header(args: argparse.Namespace, after: dict, limit: dict, rows: int) -> list[str]:
-    p = provenance()
-    evaluation = f"`eval={args.eval}`" + (f", tasks {' '.join(args.tasks)}" if args.tasks else "")
-    evaluation += f", limit {args.limit}" if args.limit is not None else ""
-    return [
-        "# Evaluation cost: tokens/s against the forward limit, before/after dense weights",
-        "",
-        f"- **Command**: `flock /tmp/qlora-heavy.lock .venv/bin/python -m benchmarks.perf.eval_cost"
-        f"{''.join(' ' + a for a in args.argv)}`",
-        f"- **Commit**: `{p['commit']}`. **Machine**: {p['machine']}; torch on {after['threads']} threads. "
-        f"**Date**: {p['date']}.",
-        f"- **Model**: {MODEL} (the shipped Q4_1 GGUF) in NF4, block 64, double quantization, lm_head "
-        "kept, the paper's LoRA (r 64, all linear layers, B = 0 as before training); compute dtype "
-        f"{after['dtype']}.",
-        f"- **Evaluation**: {evaluation} through `harness.evaluate.evaluate_model` (lm-eval's HFLM, batch "
-        f"size {after['batch_size']}). {args.repeats} runs per way in turns, each in a fresh process; the "
-        "fastest is shown.",
-        f"- **Forward limit**: `F.linear` in {after['dtype']} over the model's block shapes at {rows} rows "
-        f"(`benchmarks.perf` `training_limit`, measured in this run): {limit['rate'] / 1e9:.0f} GFLOP/s; "
-        f"{limit['flops_per_token'] / 1e6:.0f} MFLOP per token forward (every linear layer and the head; "
-        f"attention's own FLOPs and LoRA's left out), so **{limit['rate'] / limit['flops_per_token']:.0f} "
-        "tokens/s** at most.",
-    ]
+TABLE_HEAD = [
+    "| way | eval s | tokens requested | computed: real / padded | lm_head rows | computed tokens/s "
+    "| requested tokens/s | of limit (eval wall) | of limit (in requests) | peak RSS |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
 
 
-def findings(runs: dict[str, list[dict]], before: dict, after: dict) -> list[str]:
-    difference = max_relative_difference(before["values"], after["values"])
-    verdict = "met" if difference <= TOLERANCE else "MISSED"
-    fits = after["dense_bytes_all"] <= after["dense_budget_bytes"]
-    padding = after["padded_tokens"] / after["tokens"] - 1
+def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict, limit: dict) -> list[str]:
+    before, after = (min(runs[way], key=lambda r: r["wall_s"]) for way in WAYS)
+    values = max_relative_difference(before["values"], after["values"])
+    changed, sample_rel = sample_differences(before["samples"], after["samples"])
     speed = before["wall_s"] / after["wall_s"]
+    verdict = "met" if values <= TOLERANCE else f"not met in {after['dtype']}"
+    all_runs = ", ".join(f"{way} " + " / ".join(f"{r['wall_s']:.2f}" for r in runs[way]) for way in WAYS)
     return [
-        f"- **Speed of after vs before**: {speed:.2f}x ({'faster' if speed > 1 else 'SLOWER'}) in evaluation "
-        f"wall time ({before['wall_s']:.2f} s → {after['wall_s']:.2f} s); all runs: before "
-        f"{seconds(runs['before'])} s, after {seconds(runs['after'])} s.",
-        f"- **Tokens**: {after['tokens']:,} real tokens (context + continuation of each forwarded row), "
-        f"{after['padded_tokens']:,} as batched ({padding:.1%} padding). tokens/s = real tokens / evaluation "
-        "wall time; forward tokens/s = padded tokens / seconds inside the model's forward.",
-        f"- **Memory**: the dense copies of all 4-bit layers take {mib(after['dense_bytes_all'])} "
-        f"({'within' if fits else 'more than'} the budget of {mib(after['dense_budget_bytes'])}). "
-        "Peak RSS: the worker's high-water mark from just before the evaluation (model loaded) to its end.",
-        f"- **Same numbers**: {len(after['values'])} log-likelihoods, max relative difference before vs "
-        f"after **{difference:.2e}** (required ≤ {TOLERANCE:g}: {verdict}); "
-        f"task metrics identical: {before['metrics'] == after['metrics']}.",
+        f"## `eval={spec}` (tasks {', '.join(after['tasks'])}; limit {after['limit']})",
+        "",
+        *TABLE_HEAD,
+        way_row("before: `eval.backend=hflm` (lm-eval's HFLM)", before, limit),
+        way_row("after: `eval.backend=packed` (default)", after, limit),
+        "",
+        f"- **Evaluation wall time**: {speed:.2f}x {'faster' if speed > 1 else 'SLOWER'} "
+        f"({before['wall_s']:.2f} s → {after['wall_s']:.2f} s; all runs, s: {all_runs}).",
+        f"- **Tokens**: HFLM computes {before['padded'] / before['requested']:.2f}x the requested tokens "
+        f"(padding included), packed {after['padded'] / after['requested']:.2f}x "
+        f"({after['padded'] / after['real'] - 1:.1%} padding); lm_head rows {before['head_rows']:,} → "
+        f"{after['head_rows']:,}.",
+        f"- **Same numbers** ({after['dtype']}): {len(after['values']):,} log-likelihoods, max relative "
+        f"difference **{values:.2e}** (≤ {TOLERANCE:g}: {verdict}); per-document samples: {changed} "
+        f"accuracy values differ, summed log-likelihoods within {sample_rel:.2e} relative; task metrics "
+        f"identical: {before['metrics'] == after['metrics']}.",
+        "",
+        *where_time_goes(profiled),
     ]
 
 
 def where_time_goes(where: dict) -> list[str]:
-    wall, forward = where["wall_s"], where["forward_s"]
-    scoring, outside = where["loglikelihood_s"] - forward, wall - where["loglikelihood_s"]
+    wall, forward, head = where["wall_s"], where["forward_s"], where["head_s"]
+    scoring, outside = where["requests_s"] - forward - head, wall - where["requests_s"]
     return [
-        "## Where the time goes (one more run of the default way, under torch.profiler)",
-        "",
-        f"Evaluation {wall:.2f} s (profiled, so slower): the model's forward {forward:.2f} s "
-        f"({forward / wall:.0%}); "
-        f"lm-eval's scoring of each row (log_softmax in fp32 over the {where['vocab']:,}-token vocabulary, "
-        f"argmax, gather) {scoring:.2f} s ({scoring / wall:.0%}); lm-eval outside the requests (tasks, "
-        f"documents, metrics, bootstrap) {outside:.2f} s ({outside / wall:.0%}).",
+        f"Where the time goes (one more run of `packed` under torch.profiler, so slower: {wall:.2f} s): "
+        f"decoder forward {forward:.2f} s ({forward / wall:.0%}), lm_head + log_softmax at the scored rows "
+        f"{head:.2f} s ({head / wall:.0%}), trees and batches {scoring:.2f} s ({scoring / wall:.0%}), "
+        f"lm-eval outside the requests (tasks, documents, metrics, bootstrap) {outside:.2f} s "
+        f"({outside / wall:.0%}).",
         "",
         "| operator (self CPU time) | calls | s | share of eval |",
         "|---|---|---|---|",
@@ -284,40 +304,55 @@ def where_time_goes(where: dict) -> list[str]:
     ]
 
 
-def report(
-    args: argparse.Namespace, runs: dict[str, list[dict]], profiled: dict, limit: dict, rows: int
-) -> str:
-    before, after = (min(runs[way], key=lambda r: r["wall_s"]) for way in ("before", "after"))
-    limit_tps = limit["rate"] / limit["flops_per_token"]
-    table = [
-        "| way | eval.dense_weights_mib | eval s | tokens/s | of limit | forward s "
-        "| forward tokens/s (padded) | of limit | peak RSS | RSS added by eval |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        way_row("before: dequantize every forward (default)", before, limit_tps),
-        way_row("after: dequantize once", after, limit_tps),
+def header(args: argparse.Namespace, first: dict, limit: dict, rows: int) -> list[str]:
+    p = provenance()
+    return [
+        "# Evaluation cost: lm-eval's HFLM against the packed log-likelihood path (each token once)",
+        "",
+        f"- **Command**: `flock /tmp/qb-cpu.lock .venv/bin/python -m benchmarks.perf.eval_cost"
+        f"{''.join(' ' + a for a in args.argv)}`",
+        f"- **Commit**: `{p['commit']}`. **Machine**: {p['machine']}; torch on {first['threads']} threads. "
+        f"**Date**: {p['date']}.",
+        f"- **Model**: {MODEL} (the shipped Q4_1 GGUF) in NF4, block 64, double quantization, lm_head "
+        "kept, the paper's LoRA (r 64, all linear layers, B = 0 as before training); compute dtype "
+        f"{first['dtype']}.",
+        f"- **Evaluation**: `harness.evaluate.evaluate_model`; HFLM batch size {first['batch_size']}, "
+        f"packed {BATCH_TOKENS_NOTE}. {args.repeats} runs per way in turns, each in a fresh process; the "
+        "fastest is shown.",
+        f"- **Forward limit**: `F.linear` in {first['dtype']} over the model's block shapes at {rows} rows "
+        f"(`benchmarks.perf` `training_limit`, measured in this run): {limit['rate'] / 1e9:.0f} GFLOP/s; "
+        f"{limit['flops_per_token'] / 1e6:.0f} MFLOP per token forward (every linear layer and the head; "
+        "attention's own FLOPs and LoRA's left out). *Of limit* = the linear FLOPs that had to be computed "
+        "(real tokens through the blocks; lm_head at every real position for HFLM, at the scored ones for "
+        "packed) per second of evaluation wall time, or of time inside the log-likelihood requests, over "
+        "that rate.",
+        "- **Tokens**: *requested* = Σ over requests of the input HFLM builds (context + continuation, "
+        "last token dropped); *computed real* = what the model ran (HFLM: distinct rows; packed: tree "
+        "nodes), *padded* = the batches as shaped.",
     ]
-    sections = [
-        header(args, after, limit, rows),
-        table,
-        findings(runs, before, after),
-        where_time_goes(profiled),
-    ]
+
+
+BATCH_TOKENS_NOTE = "batches of up to `harness.evaluate.packed.BATCH_TOKENS` padded tokens"
+
+
+def report(args: argparse.Namespace, runs: dict, profiled: dict, limit: dict, rows: int) -> str:
+    first = runs[args.eval[0]]["after"][0]
+    sections = [header(args, first, limit, rows)]
+    sections += [group_section(spec, runs[spec], profiled[spec], limit) for spec in args.eval]
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.perf.eval_cost", description=__doc__)
-    p.add_argument("--eval", default="quick", help="eval group in harness/conf/eval (default quick)")
-    p.add_argument("--tasks", nargs="+", help="override the group's tasks")
-    p.add_argument("--limit", type=float, help="override the group's limit (a fraction; >= 1 is a count)")
+    p.add_argument("--eval", nargs="+", default=["quick"], help="GROUP or GROUP:LIMIT from harness/conf/eval")
     p.add_argument("--repeats", type=int, default=2, help="runs per way, in turns; the fastest is reported")
+    p.add_argument("--compute-dtype", default="auto", choices=("auto", "fp32", "bf16"), help="as quant.*")
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "perf" / "eval_cost.md")
     p.add_argument("--worker", choices=tuple(WAYS), help=argparse.SUPPRESS)
+    p.add_argument("--group", help=argparse.SUPPRESS)
     p.add_argument("--profiled", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.limit is not None and args.limit >= 1:
-        args.limit = int(args.limit)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
 
@@ -325,14 +360,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        run_worker(args.worker, args.profiled, args, args.result)
+        run_worker(args.group, args.worker, args.profiled, args.compute_dtype, args.result)
         return
-    runs: dict[str, list[dict]] = {way: [] for way in WAYS}
-    for _ in range(args.repeats):  # in turns, so that load which comes and goes hits both ways alike
-        for way, way_runs in runs.items():
-            way_runs.append(spawn(way, False, args))
-    profiled = spawn("before", True, args)
-    settings = Settings(steps=0, warmup=0, rank=64, seq_len=128, batch_size=8, seed=0, compute_dtype="auto")
+    runs = {spec: {way: [] for way in WAYS} for spec in args.eval}
+    profiled = {}
+    for spec in args.eval:
+        for _ in range(args.repeats):  # in turns, so that load which comes and goes hits both ways alike
+            for way, way_runs in runs[spec].items():
+                way_runs.append(spawn(spec, way, False, args))
+        profiled[spec] = spawn(spec, "after", True, args)
+    settings = Settings(
+        steps=0, warmup=0, rank=64, seq_len=128, batch_size=8, seed=0, compute_dtype=args.compute_dtype
+    )
     limit = training_limit(settings)
     text = report(args, runs, profiled, limit, settings.batch_size * settings.seq_len // 2)
     print(text)

@@ -5,10 +5,11 @@ context four times; it pads each batch to its longest member, runs ``lm_head`` a
 whole vocabulary at every position (context included) and batches rolling-perplexity windows in document
 order. :class:`PackedLM` answers the same requests with the same numbers:
 
-- each request's model input is HFLM's own (:func:`model_input`); inputs that share a prefix become one row,
-  a token tree: every distinct prefix is one position, at its depth as position id, under a 4-D mask that
-  lets it see only its ancestors, so each continuation attends to its context exactly as if alone;
-- rows are sorted by length and batched up to a token budget (padding only between similar lengths);
+- each request's model input is HFLM's own (:func:`model_input`); inputs are packed into rows of a few
+  hundred tokens, a token tree each (a forest): every distinct prefix is one node, at its depth as position
+  id, under a 4-D mask that lets it see only its ancestors, so each continuation attends to its context
+  exactly as if alone, and a question's context runs once for all its choices;
+- rows are sorted by length and batched up to a token budget (little padding);
 - ``lm_head`` and the ``log_softmax`` run only where a continuation token is scored, a chunk at a time;
 - rolling windows are lm-eval's (:func:`rolling_windows`), all of a call scored together, so they are
   batched by length too. They are disjoint already; the last one's context is part of lm-eval's semantics.
@@ -44,10 +45,11 @@ MASK_KINDS = {"sdpa": "bool", CPU_FP32_SDPA: "bool", "eager": "additive"}
 BATCH_TOKENS = 2048
 # Scored positions per lm_head + log_softmax chunk: 256 x 49,152 fp32 log-probabilities are 48 MiB.
 HEAD_ROWS = 256
-# An input joins the previous one's tree when they share at least 1/SHARE_DIVISOR of its tokens: a
-# question's choices (shared context) and WinoGrande's options (shared start) do; unrelated documents that
-# happen to start alike ("Question:") mostly stay apart, which keeps trees short.
-SHARE_DIVISOR = 4
+# Nodes per row: inputs are packed into rows of up to this many tokens (an input longer than that gets a row
+# of its own), so a row holds many short inputs with little padding; each query attends over its row under
+# the mask, so a wider row costs attention FLOPs that are masked off (~4 x width x hidden per token per layer
+# against ~2 x 3.5 M for SmolLM2's linear layers: ~8 % at 256).
+ROW_TOKENS = 256
 
 Request = tuple  # lm-eval's (request strings or None, context tokens, continuation tokens)
 
@@ -124,19 +126,15 @@ class TokenTree:
         return seen
 
 
-def token_trees(rows: list[list[int]], budget: int) -> list[TokenTree]:
-    """Group inputs into trees: sorted, so that inputs sharing a prefix are neighbours, each joins the
-    previous one's tree when it shares enough of its tokens and the tree stays within ``budget`` nodes."""
+def token_trees(rows: list[list[int]], width: int) -> list[TokenTree]:
+    """Pack inputs into rows of at most ``width`` nodes (a longer input gets a row of its own). Sorted, so
+    that inputs sharing a prefix are neighbours and share its nodes: a question's choices their context,
+    WinoGrande's options their start; inputs that share nothing sit side by side in the row (a forest)."""
     trees: list[TokenTree] = []
     previous: list[int] = []
     for index in sorted(range(len(rows)), key=rows.__getitem__):
         row = rows[index]
-        shared = common_prefix(previous, row)
-        if (
-            not trees
-            or shared * SHARE_DIVISOR < len(row)
-            or len(trees[-1].tokens) + len(row) - shared > budget
-        ):
+        if not trees or len(trees[-1].tokens) + len(row) - common_prefix(previous, row) > width:
             trees.append(TokenTree())
         trees[-1].add(index, row)
         previous = row
@@ -193,9 +191,9 @@ class PackedLM(HFLM):
     """lm-eval's ``HFLM`` whose log-likelihood requests compute each distinct token once (module docstring);
     everything else — tokenization, generation, the request/response API — is HFLM's."""
 
-    def __init__(self, *args, batch_tokens: int = BATCH_TOKENS, **kwargs):
+    def __init__(self, *args, batch_tokens: int = BATCH_TOKENS, row_tokens: int = ROW_TOKENS, **kwargs):
         super().__init__(*args, **kwargs)
-        self.batch_tokens = batch_tokens
+        self.batch_tokens, self.row_tokens = batch_tokens, row_tokens
         self.unsupported = self._unsupported_reason()
         if self.unsupported:
             log.warning(
@@ -235,7 +233,7 @@ class PackedLM(HFLM):
             for i, answer in zip(rest, parent, strict=True):
                 answers[i] = answer
         continuations = [continuation for _, _, continuation in requests]
-        trees = token_trees([rows[i] for i in packed], self.batch_tokens)
+        trees = token_trees([rows[i] for i in packed], self.row_tokens)
         for tree in trees:
             tree.members = [packed[m] for m in tree.members]
         progress = tqdm(
