@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup test demo lint smoke report report-check baseline bench-quant bench-perf gate-power wheel-check clean
+.PHONY: setup test demo lint smoke report verdicts report-check baseline bench-quant bench-perf gate-power wheel-check clean
 
 setup: $(STAMP)
 
@@ -49,9 +49,14 @@ report: setup
 	  "committed reports come from a clean commit (commit or stash first)"; exit 1; }
 	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke|reports) continue;; esac; \
 	  case $$n in lora_rank) ref="lora.r=64";; double_quant) ref="quant.storage=nf4 quant.double_quant=true";; \
-	    blocksize) ref="quant.storage=nf4 quant.blocksize=64";; targets) ref="lora.targets=all-linear";; *) ref="";; esac; \
+	    blocksize) ref="quant.storage=nf4 quant.blocksize=64";; targets) ref="lora.targets=all-linear quant.storage=nf4";; *) ref="";; esac; \
 	  pool=""; [ $$n = zeroshot ] && pool="$(ZEROSHOT_MEAN)"; \
 	  $(BIN)/qlora-report $$d -o reports/$$n $${ref:+--reference "$$ref"} $${pool:+--pool "$$pool"} || exit 1; done
+
+# README.md's verdict table (between <!-- verdicts:start/end -->) from every reports/*/verdicts.csv, each row
+# with its run commit, marked stale when result-affecting code changed since (tests check it is current).
+verdicts: setup
+	$(PY) -m harness.report.verdict_table
 
 # Refresh the CI baseline that .ci/run compares the smoke sweep against.
 baseline: smoke

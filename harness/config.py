@@ -284,6 +284,16 @@ class EvalConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What a named sweep's report tests (``harness.report.verdicts``); not part of a job's identity."""
+
+    hypotheses: list[Any] = _help(
+        "declared hypotheses of a named sweep (harness/conf/sweep/*.yaml; see harness.report.verdicts)",
+        factory=list,
+    )
+
+
+@dataclass
 class JobConfig:
     """One job: config in, ``result.json`` out."""
 
@@ -293,6 +303,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = _help("seed of LoRA init, data order and dropout", 0)
     device: Device = _help("auto: CUDA when available, else CPU", Device.auto)
     cpu_heap: CpuHeap = _help(

@@ -22,7 +22,10 @@ from harness.stats import aggregate, write_samples
 ARC, WIKI = "arc_easy_local", "wikitext2_local"
 DOCS, WIKI_DOCS, FP4_DOCS = 400, 20, 300
 REQUIRED = ["task", "metric", "config", "reference", "n", "value", "reference_value", "delta", "ci_low"]
-REQUIRED += ["ci_high", "p_value", "mde", "significant"]
+REQUIRED += ["ci_high", "p_value", "q_value", "mde", "significant"]
+# 5 rows: 10 pairs × (3 sample metrics + the training loss) = 40 tests; Bootstrap.for_tests: 4 · 40 / 0.05
+# = 3,200 resamples, rounded up to 4,000, so the smallest p (1/4000) is below a correction's 0.05/40.
+SCALED_RESAMPLES = 4000
 
 
 def arc_correct(storage: str) -> np.ndarray:
@@ -157,7 +160,7 @@ def test_planted_accuracy_drop_is_significant_on_the_shared_documents(report: Pa
     assert row["ci_low"] < row["delta"] < row["ci_high"] < 0
     assert row["significant"] and row["p_value"] < 0.001
     assert "300 shared documents (baseline 400, current 300)" in row["note"]
-    assert row["resamples"] == 2000 and row["bootstrap_seed"] == 0
+    assert row["resamples"] == SCALED_RESAMPLES and row["bootstrap_seed"] == 0
 
 
 def test_noise_is_not_significant_and_identical_jobs_differ_by_nothing(report: Path) -> None:
@@ -281,8 +284,9 @@ def test_bootstrap_settings_are_used_and_recorded(sweep: Path, tmp_path: Path) -
     assert code == 0, stderr
     table = pd.read_csv(tmp_path / "comparisons.csv")
     documents = table[table["units"] == "documents"]
-    assert set(documents["resamples"]) == {500} and set(documents["bootstrap_seed"]) == {7}
-    assert "bootstraps use 500 resamples, seed 7" in (tmp_path / "report.md").read_text()
+    # --resamples is the floor; 500 is too few for a correction over 40 tests
+    assert set(documents["resamples"]) == {SCALED_RESAMPLES} and set(documents["bootstrap_seed"]) == {7}
+    assert f"{SCALED_RESAMPLES:,} resamples" in (tmp_path / "report.md").read_text()
     with pytest.raises(SystemExit) as exit_:
         run([str(sweep), "-o", str(tmp_path), "--resamples", "5"])
     assert exit_.value.code == 2
@@ -358,20 +362,19 @@ def test_pool_adds_the_accuracy_over_all_documents_of_its_tasks_as_a_compared_ta
     assert code == 2 and f"no job has accuracy samples for ['{WIKI}']" in stderr
 
 
-def test_finding_says_when_the_bootstrap_ci_and_exact_mcnemar_disagree() -> None:
-    """72 questions, 11 right only before and 3 only after: the percentile CI excludes 0, exact McNemar's
-    p = 0.057 does not reject; the finding says not significant and why the CI looks otherwise."""
-    from harness.report.comparisons import Comparison
-    from harness.report.metrics import Metric, Row
-    from harness.report.summary import _finding
+def test_every_comparison_is_significant_exactly_when_its_ci_excludes_zero(report: Path) -> None:
+    table = pd.read_csv(report / "comparisons.csv").dropna(subset=["p_value"])
+    excludes_zero = (table["ci_low"] > 0) | (table["ci_high"] < 0)
+    assert (excludes_zero == table["significant"]).all()
+    assert table["q_value"].ge(table["p_value"] - 1e-15).all()  # BH never lowers a p-value
+
+
+def test_the_case_where_percentile_ci_and_exact_mcnemar_disagreed_now_agrees() -> None:
+    """72 questions, 11 right only before and 3 only after: the percentile CI excluded 0 while exact
+    McNemar's p = 0.057 did not reject (reports/quickstart). One bootstrap now gives both."""
     from harness.stats import paired_mean
 
     before, after = np.zeros(72), np.zeros(72)
     before[:11], after[11:14] = 1, 1
     estimate = paired_mean(before, after)
-    assert estimate.ci_high < 0 and not estimate.significant
-    rows = [Row(("a",), "a", [0]), Row(("b",), "b", [1])]
-    metric = Metric("t acc (%) ↑", "score", 1, 1, "eval.t.acc", 100.0, "points")
-    text = _finding(Comparison("eval.t.acc", 1, 0, estimate, "documents"), rows, metric)
-    assert "no significant difference" in text
-    assert "the bootstrap CI excludes 0 but the exact McNemar test does not reject" in text
+    assert estimate.significant == (estimate.ci_high < 0)

@@ -2,11 +2,19 @@
 
 Every configuration is compared with the reference row and with every other row, on the units both share:
 
-- **seeds**: when two rows share >= 2 seeds, per-seed paired differences (t-interval, paired t-test);
+- **seeds and documents**: when two rows share >= 3 seeds and every one of those jobs has
+  ``samples.parquet``: the two-level bootstrap of :func:`harness.stats.paired_hierarchical` (seeds, then
+  documents), which carries both training and evaluation-set variance;
+- **seeds**: when two rows share >= 2 seeds, per-seed paired differences (t-interval, paired t-test) of
+  every other column;
 - **documents**: one shared seed, both jobs with ``samples.parquet``: the per-document paired bootstrap
-  and exact McNemar of :func:`harness.stats.compare_samples` on the documents both scored;
-- **training steps**: one shared seed: the mean per-step loss difference after the warm-up steps, with a
-  moving-block bootstrap (jobs of one sweep train on the same batches in the same order).
+  of :func:`harness.stats.compare_samples` on the documents both scored;
+- **training steps**: one shared seed: the mean per-step loss difference after the warm-up steps, with an
+  autocorrelation-robust t (jobs of one sweep train on the same batches in the same order).
+
+Every row's CI and p come from one procedure (``significant`` ⇔ the CI excludes 0). ``q_value`` is the
+Benjamini–Hochberg adjusted p over every row of the report: what to read when scanning many rows.
+Bootstrap resamples are scaled to the number of comparisons, so a correction over all of them can reject.
 
 Each value in the results table gets a 95 % interval: a t-interval over seeds, else a bootstrap over the
 job's documents, else lm-eval's stderr × 1.96; a job with neither is shown without one and named.
@@ -15,7 +23,7 @@ job's documents, else lm-eval's stderr × 1.96; a job with neither is shown with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -27,12 +35,18 @@ from harness.stats import (
     Bootstrap,
     PairedEstimate,
     aggregate,
+    benjamini_hochberg,
     compare_samples,
+    draws_ci_p,
+    paired_hierarchical,
     paired_loss,
     paired_seeds,
     t_interval,
 )
-from harness.stats.paired import percentile_ci, resample_stats
+from harness.stats.hierarchical import MIN_SEEDS
+from harness.stats.paired import resample_stats
+from harness.stats.samples import DOC_KEY, metric_column
+from harness.stats.steps import MIN_STEPS
 
 SEED = "config.seed"
 WARMUP = "config.train.warmup_steps_excluded"
@@ -51,6 +65,7 @@ COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
+    "q_value",
     "mde",
     "significant",
     "units",
@@ -73,7 +88,7 @@ class Comparison:
     config: int  # index into Statistics.rows
     reference: int
     estimate: PairedEstimate
-    units: str  # what was paired, ``estimate.n`` of them: seeds | documents | steps
+    units: str  # what was paired, ``estimate.n`` of them: seeds | seeds × documents | documents | steps
     note: str = ""
 
     @property
@@ -117,16 +132,18 @@ class Statistics:
             if c.source == source and (c.config, c.reference) == (a, b):
                 return c.estimate
             if c.source == source and (c.config, c.reference) == (b, a):
-                e = c.estimate
-                return replace(
-                    e,
-                    baseline=e.current,
-                    current=e.baseline,
-                    delta=-e.delta,
-                    ci_low=-e.ci_high,
-                    ci_high=-e.ci_low,
-                )
+                return c.estimate.flipped()
         return None
+
+    def comparison(self, source: str, a: int, b: int) -> Comparison | None:
+        """The comparison of row ``a`` − row ``b`` on ``source`` (flipped when computed the other way)."""
+        estimate = self.between(source, a, b)
+        if estimate is None:
+            return None
+        units = next(
+            c.units for c in self.comparisons if c.source == source and {c.config, c.reference} == {a, b}
+        )
+        return Comparison(source, a, b, estimate, units)
 
     def best(self, source: str, direction: int) -> int | None:
         """The row significantly better than every other row on ``source``, if there is one."""
@@ -137,7 +154,8 @@ class Statistics:
         return None
 
     def frame(self) -> pd.DataFrame:
-        """``comparisons.csv``: one row per (task, metric, config, reference)."""
+        """``comparisons.csv``: one row per (task, metric, config, reference), with its BH q-value."""
+        q_values = benjamini_hochberg([c.estimate.p_value for c in self.comparisons])
         records = [
             {
                 "task": c.task,
@@ -152,6 +170,7 @@ class Statistics:
                 "ci_low": c.estimate.ci_low,
                 "ci_high": c.estimate.ci_high,
                 "p_value": c.estimate.p_value,
+                "q_value": q,
                 "mde": c.estimate.mde,
                 "significant": c.estimate.significant,
                 "method": c.estimate.method,
@@ -159,19 +178,19 @@ class Statistics:
                 "bootstrap_seed": c.estimate.seed,
                 "note": c.note,
             }
-            for c in self.comparisons
+            for c, q in zip(self.comparisons, q_values, strict=True)
         ]
         return pd.DataFrame(records, columns=COLUMNS)
 
 
-def parse_selector(selector: str) -> dict[str, str]:
-    """``"quant.storage=nf4 quant.double_quant=true"`` (or comma-separated) → ``{key: value}``."""
+def parse_selector(selector: str, what: str = "--reference") -> dict[str, str]:
+    """``"quant.storage=nf4 quant.double_quant=true"`` (or comma-separated) → ``{key: value}``; ``what``
+    names the selector's origin in errors (the option, or a declared hypothesis)."""
     pairs = [p for p in selector.replace(",", " ").split() if p]
     bad = [p for p in pairs if p.count("=") != 1 or not p.split("=")[0] or not p.split("=")[1]]
     if not pairs or bad:
         raise SelectorError(
-            f"--reference {selector!r}: expected key=value pairs like 'quant.storage=bf16', "
-            f"got {bad or pairs}"
+            f"{what} {selector!r}: expected key=value pairs like 'quant.storage=bf16', got {bad or pairs}"
         )
     return dict(p.split("=") for p in pairs)
 
@@ -186,21 +205,27 @@ def select_reference(ok: pd.DataFrame, rows: list[Row], selector: str | None) ->
     A selector naming an unknown key, or matching no row or several, raises :class:`SelectorError` naming
     the selector and the candidates.
     """
-    if selector is None:
-        storage = ok.get("config.quant.storage", pd.Series(index=ok.index, dtype=object))
-        sixteen = [i for i, row in enumerate(rows) if storage[row.jobs].isin(SIXTEEN_BIT_TYPES).all()]
-        return sixteen[0] if len(sixteen) == 1 else 0
-    wanted = parse_selector(selector)
+    if selector is not None:
+        return select_row(ok, rows, selector)
+    storage = ok.get("config.quant.storage", pd.Series(index=ok.index, dtype=object))
+    sixteen = [i for i, row in enumerate(rows) if storage[row.jobs].isin(SIXTEEN_BIT_TYPES).all()]
+    return sixteen[0] if len(sixteen) == 1 else 0
+
+
+def select_row(ok: pd.DataFrame, rows: list[Row], selector: str, what: str = "--reference") -> int:
+    """The one row ``selector`` (override-style ``key=value`` pairs) matches; else :class:`SelectorError`
+    naming ``what``, the selector and the candidates."""
+    wanted = parse_selector(selector, what)
     unknown = [k for k in wanted if f"config.{k}" not in ok]
     if unknown:
         keys = sorted(c.removeprefix("config.") for c in ok.columns if c.startswith("config."))
-        raise SelectorError(f"--reference {selector!r}: unknown key(s) {unknown}; config keys: {keys}")
+        raise SelectorError(f"{what} {selector!r}: unknown key(s) {unknown}; config keys: {keys}")
     labels = config_labels(ok, [f"config.{k}" for k in wanted])
     hits = [i for i, row in enumerate(rows) if all(_matches(labels.loc[j], wanted) for j in row.jobs)]
     if len(hits) != 1:
         found = "no row" if not hits else f"{len(hits)} rows ({', '.join(rows[i].name for i in hits)})"
         candidates = ", ".join(row.name for row in rows)
-        raise SelectorError(f"--reference {selector!r} matches {found}; the rows are: {candidates}")
+        raise SelectorError(f"{what} {selector!r} matches {found}; the rows are: {candidates}")
     return hits[0]
 
 
@@ -238,7 +263,7 @@ def _mean_loss(ok: pd.DataFrame, job: int) -> float:
 
 
 def _by_seeds(
-    ok: pd.DataFrame, raw: pd.DataFrame, a: dict[int, int], b: dict[int, int]
+    ok: pd.DataFrame, raw: pd.DataFrame, a: dict[int, int], b: dict[int, int], confidence: float
 ) -> dict[str, PairedEstimate]:
     """Per-seed paired comparisons of each column of ``raw`` and of the mean training loss, by source."""
     out = {}
@@ -249,7 +274,40 @@ def _by_seeds(
         current = {s: values[j] for s, j in a.items() if pd.notna(values.get(j))}
         reference = {s: values[j] for s, j in b.items() if pd.notna(values.get(j))}
         if len(set(current) & set(reference)) >= 2:
-            out[source] = paired_seeds(reference, current)
+            out[source] = paired_seeds(reference, current, confidence)
+    return out
+
+
+def _paired_rows(reference: pd.DataFrame, current: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """(task, metric, aggregation) → the after-training rows both jobs scored, merged on the document."""
+    keys = ["task", "metric", "aggregation"]
+    ref, cur = (frame[frame["phase"] == "after"] for frame in (reference, current))
+    merged = ref.merge(cur, on=[*DOC_KEY, *keys], suffixes=("_base", "_cur"))
+    return {key: rows for key, rows in merged.groupby(keys, sort=True)}
+
+
+def _by_seed_documents(
+    ok: pd.DataFrame, samples: dict[str, pd.DataFrame], a: dict[int, int], b: dict[int, int], bootstrap
+) -> dict[str, PairedEstimate]:
+    """Two-level (seeds, then documents) comparisons of every after-training metric that all of the
+    >= :data:`MIN_SEEDS` shared seeds' jobs scored on the same documents; empty when a job lacks samples."""
+    shared = sorted(set(a) & set(b))
+    frames = [(samples.get(ok["job_dir"][b[s]]), samples.get(ok["job_dir"][a[s]])) for s in shared]
+    if len(shared) < MIN_SEEDS or any(ref is None or cur is None for ref, cur in frames):
+        return {}
+    per_seed = [_paired_rows(ref, cur) for ref, cur in frames]
+    out = {}
+    for key in sorted(set.intersection(*(set(rows) for rows in per_seed))):
+        task, metric, aggregation = key
+        parts = [rows[key] for rows in per_seed]
+        if aggregation == "task_mean" or min(len(part) for part in parts) < MIN_DOCUMENTS:
+            continue
+        arrays = [
+            (p["value_base"].to_numpy(), p["value_cur"].to_numpy(), p["weight_base"].to_numpy())
+            for p in parts
+        ]
+        source = metric_column("after", task, metric)
+        out[source] = paired_hierarchical(arrays, aggregation, bootstrap, seeds=shared)
     return out
 
 
@@ -268,21 +326,20 @@ def _testable(estimate: PairedEstimate) -> PairedEstimate:
     """Too few documents have no spread a bootstrap can see (one document: every resample is that document;
     two: three distinct resamples), so its CI collapses and its p-value is spuriously tiny. WikiText-2 at a
     small eval.limit is one or two articles. Below :data:`MIN_DOCUMENTS` the CI, p and MDE are unknown."""
-    if estimate.n >= MIN_DOCUMENTS:
-        return estimate
-    return replace(estimate, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, mde=math.nan)
+    return estimate if estimate.n >= MIN_DOCUMENTS else estimate.untested()
 
 
-def _by_steps(ok: pd.DataFrame, job: int, ref: int, bootstrap: Bootstrap) -> PairedEstimate | None:
-    """Per-step training-loss comparison of two jobs with the same schedule; None when not comparable."""
+def _by_steps(ok: pd.DataFrame, job: int, ref: int, confidence: float) -> PairedEstimate | None:
+    """Per-step training-loss comparison of two jobs with the same schedule; None when not comparable or
+    fewer than :data:`harness.stats.steps.MIN_STEPS` steps follow the warm-up."""
     if LOSS not in ok:
         return None
     current, reference, skip = ok[LOSS][job], ok[LOSS][ref], _loss_skip(ok, job)
     if not isinstance(current, list) or not isinstance(reference, list) or len(current) != len(reference):
         return None
-    if len(current) - skip < 3:
+    if len(current) - skip < MIN_STEPS:
         return None
-    return paired_loss(reference, current, skip=skip, bootstrap=bootstrap)
+    return paired_loss(reference, current, skip=skip, confidence=confidence)
 
 
 def _compare_pair(
@@ -295,14 +352,18 @@ def _compare_pair(
 ) -> list[Comparison]:
     """Row ``pair[0]`` − row ``pair[1]`` on every column the two can be paired on."""
     a, b = (_seed_jobs(ok, rows[i]) for i in pair)
-    by_seeds = _by_seeds(ok, raw, a, b)
-    out = [Comparison(source, *pair, estimate, "seeds") for source, estimate in by_seeds.items()]
+    two_level = _by_seed_documents(ok, samples, a, b, bootstrap)
+    out = [Comparison(source, *pair, est, "seeds × documents") for source, est in two_level.items()]
+    by_seeds = _by_seeds(ok, raw, a, b, bootstrap.confidence)
+    out += [
+        Comparison(source, *pair, est, "seeds") for source, est in by_seeds.items() if source not in two_level
+    ]
     shared = sorted(set(a) & set(b))
     if len(shared) == 1:
         job, ref = a[shared[0]], b[shared[0]]
         documents = _by_documents(ok, samples, job, ref, bootstrap)
         out += [Comparison(source, *pair, est, "documents", note) for source, est, note in documents]
-        steps = _by_steps(ok, job, ref, bootstrap)
+        steps = _by_steps(ok, job, ref, bootstrap.confidence)
         if steps is not None:
             out.append(Comparison(LOSS, *pair, steps, "steps"))
     return out
@@ -315,7 +376,8 @@ def _document_interval(rows: pd.DataFrame, bootstrap: Bootstrap) -> tuple[float,
     draws = resample_stats(
         len(values), lambda idx: np.array([aggregate(values[i], weights[i], how) for i in idx]), bootstrap
     )
-    return percentile_ci(draws, bootstrap)
+    low, high, _ = draws_ci_p(draws, bootstrap.confidence)
+    return low, high
 
 
 def _phase_rows(frame: pd.DataFrame, phase: str, task: str, metric: str) -> pd.DataFrame:
@@ -372,6 +434,19 @@ def _raw_values(ok: pd.DataFrame) -> tuple[pd.DataFrame, list[Metric]]:
     return raw, metrics
 
 
+def _tests_per_pair(ok: pd.DataFrame, raw: pd.DataFrame, samples: dict[str, pd.DataFrame]) -> int:
+    """How many comparisons one pair of rows can make: every column over seeds, else every after-training
+    sample metric, plus the training loss."""
+    if ok.get(SEED, pd.Series(0, index=ok.index)).nunique() > 1:
+        return len(raw.columns) + 1
+    metrics = {
+        tuple(key)
+        for f in samples.values()
+        for key in f.loc[f["phase"] == "after", ["task", "metric"]].values
+    }
+    return len(metrics) + 1
+
+
 def compute_statistics(
     ok: pd.DataFrame,
     rows: list[Row],
@@ -379,13 +454,18 @@ def compute_statistics(
     reference: int,
     bootstrap: Bootstrap,
 ) -> Statistics:
-    """Compare each row with the reference, then every other pair; an interval for each table value."""
+    """Compare each row with the reference, then every other pair; an interval for each table value.
+
+    Comparisons resample ``bootstrap`` scaled to the number of tests (:meth:`Bootstrap.for_tests`); the
+    value intervals, which no correction reads, resample ``bootstrap`` as given.
+    """
     raw, metrics = _raw_values(ok)
     others = [i for i in range(len(rows)) if i != reference]
     pairs = [(i, reference) for i in others] + [(j, i) for i in others for j in others if j > i]
-    stats = Statistics(rows, reference, bootstrap)
+    tests = bootstrap.for_tests(len(pairs) * _tests_per_pair(ok, raw, samples))
+    stats = Statistics(rows, reference, tests)
     for pair in pairs:
-        stats.comparisons += _compare_pair(ok, raw, samples, rows, pair, bootstrap)
+        stats.comparisons += _compare_pair(ok, raw, samples, rows, pair, tests)
     for index, row in enumerate(rows):
         for metric in metrics:
             interval = _interval(ok, row, metric.source, raw[metric.source], samples, bootstrap)

@@ -1,14 +1,28 @@
 """Statistics that decide comparisons: per-sample results, paired CIs and p-values, seeds, training loss.
 
+Every estimate draws its CI and p-value from one procedure, so ``significant`` ⇔ the CI excludes 0.
+
 - :mod:`harness.stats.samples`: the ``samples.parquet`` layout (job and report directories), read/write.
-- :mod:`harness.stats.paired`: paired bootstrap (accuracy-type means, corpus perplexity), exact McNemar, MDE.
+- :mod:`harness.stats.paired`: paired bootstrap (accuracy-type means, task-stratified means, corpus
+  perplexity), the CI/p rule, MDE.
 - :mod:`harness.stats.jobs`: every paired metric comparison between two jobs' samples.
 - :mod:`harness.stats.seeds`: t-interval over seeds, paired per-seed differences.
-- :mod:`harness.stats.steps`: per-step training-loss difference with a moving-block bootstrap.
+- :mod:`harness.stats.hierarchical`: >= 3 seeds with per-document scores: seeds, then documents.
+- :mod:`harness.stats.steps`: per-step training-loss difference with an autocorrelation-robust t.
+- :mod:`harness.stats.multiplicity`: Holm and Benjamini–Hochberg adjusted p-values.
 """
 
+from harness.stats.hierarchical import paired_hierarchical
 from harness.stats.jobs import MetricComparison, compare_samples
-from harness.stats.paired import Bootstrap, PairedEstimate, mcnemar_exact, paired_corpus, paired_mean
+from harness.stats.multiplicity import benjamini_hochberg, holm
+from harness.stats.paired import (
+    Bootstrap,
+    PairedEstimate,
+    draws_ci_p,
+    paired_corpus,
+    paired_mean,
+    paired_stratified_mean,
+)
 from harness.stats.samples import (
     SAMPLES_FILE,
     SamplesError,
@@ -29,13 +43,17 @@ __all__ = [
     "PairedEstimate",
     "SamplesError",
     "aggregate",
+    "benjamini_hochberg",
     "compare_samples",
+    "draws_ci_p",
+    "holm",
     "load_samples",
-    "mcnemar_exact",
     "paired_corpus",
+    "paired_hierarchical",
     "paired_loss",
     "paired_mean",
     "paired_seeds",
+    "paired_stratified_mean",
     "read_samples",
     "t_interval",
     "write_report_samples",

@@ -11,8 +11,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.stats.paired import DEFAULT_BOOTSTRAP, Bootstrap, PairedEstimate, paired_corpus, paired_mean
-from harness.stats.samples import DOC_KEY, metric_column
+from harness.stats.paired import (
+    DEFAULT_BOOTSTRAP,
+    Bootstrap,
+    PairedEstimate,
+    paired_corpus,
+    paired_mean,
+    paired_stratified_mean,
+)
+from harness.stats.samples import DOC_KEY, metric_column, pool_stratum
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ def _estimate(pairs: pd.DataFrame, aggregation: str, bootstrap: Bootstrap) -> Pa
     base, cur = pairs["value_base"].to_numpy(), pairs["value_cur"].to_numpy()
     if aggregation == "mean":
         return paired_mean(base, cur, bootstrap)
+    if aggregation == "task_mean":
+        strata = pairs["doc_hash"].map(pool_stratum).to_numpy()
+        return paired_stratified_mean(base, cur, strata, bootstrap)
     if not pairs["weight_base"].equals(pairs["weight_cur"]):
         raise ValueError("paired documents have different word/byte counts: the documents differ")
     return paired_corpus(base, cur, pairs["weight_base"].to_numpy(), aggregation, bootstrap)

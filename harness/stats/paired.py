@@ -5,11 +5,16 @@ models that both fail the same hard ARC question tell nothing about which is bet
 per-task stderr cannot see that. Every estimate says how it was computed (method, resamples, seed,
 confidence), so a number in a report can be reproduced.
 
+One rule for every estimate here: the CI and the p-value come from the same procedure, so ``significant``
+(p < 1 - confidence) holds exactly when the CI excludes 0. For a bootstrap both are read off one set of
+resampled differences by :func:`draws_ci_p`; t-based estimates (seeds, steps) use one t distribution.
+
 - :func:`paired_mean`: per-document scores averaged (acc, acc_norm, exact_match, Brier): mean difference,
-  paired-bootstrap CI, exact McNemar p-value when both sides are 0/1, else a bootstrap p-value.
+  CI and p from one paired bootstrap (0/1 scores included).
+- :func:`paired_stratified_mean`: the mean of several tasks' mean differences (the paper's mean zero-shot
+  accuracy), documents resampled within their task.
 - :func:`paired_corpus`: corpus-level perplexity / bits per byte: documents are resampled and the
   weighted value of *both* sides recomputed on the same resample.
-- :func:`mcnemar_exact`: the exact (binomial) McNemar test on the discordant counts.
 """
 
 from __future__ import annotations
@@ -17,16 +22,22 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
-from harness.stats.samples import AGGREGATIONS, aggregate
+from harness.stats.samples import CORPUS_AGGREGATIONS, aggregate
 
 POWER = 0.80
-_MAX_DRAWS = 4_000_000  # indices drawn per chunk of resamples (32 MB of int64)
+_MAX_DRAWS = 4_000_000  # values drawn per chunk of resamples (32 MB of int64/float64)
+
+
+def alpha_of(confidence: float) -> float:
+    """``1 - confidence`` without float residue (1 - 0.95 is 0.050000000000000044, which a p of exactly
+    0.05 would pass and which puts ``alpha / 2 * 2000`` a hair above 50)."""
+    return round(1 - confidence, 12)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,17 @@ class Bootstrap:
 
     @property
     def alpha(self) -> float:
-        return 1 - self.confidence
+        return alpha_of(self.confidence)
+
+    def for_tests(self, tests: int) -> Bootstrap:
+        """Enough resamples that a multiplicity correction over ``tests`` tests can reject.
+
+        The smallest bootstrap p is ``1 / resamples`` (no draw beyond zero); Holm and Benjamini–Hochberg
+        compare the smallest p with ``alpha / tests``. ``4 * tests / alpha`` resamples put it a factor 4
+        below, so a comparison with a draw or two beyond zero can still be rejected.
+        """
+        needed = math.ceil(4 * max(tests, 1) / self.alpha / 1000) * 1000
+        return replace(self, resamples=max(self.resamples, needed))
 
 
 DEFAULT_BOOTSTRAP = Bootstrap()
@@ -72,9 +93,11 @@ def bootstrap_from_args(parser: argparse.ArgumentParser, args: argparse.Namespac
 class PairedEstimate:
     """current − baseline over ``n`` paired units, with its CI, p-value and minimum detectable effect.
 
-    ``mde`` is the smallest |delta| this comparison would detect at ``alpha = 1 - confidence`` with 80 %
-    power, from the observed paired spread; NaN when the pairs did not vary (no document scored differently),
-    where the spread is unknown. ``resamples``/``seed`` are None for methods that draw nothing (t-interval).
+    ``mde`` is the |delta| the test used here detects at ``alpha = 1 - confidence`` with 80 % power, from
+    the spread that test saw (bootstrap: the resampled differences' standard deviation; t: the standard error
+    and its degrees of freedom); NaN when the pairs did not vary. ``resamples``/``seed`` are None for methods
+    that draw nothing. ``draws`` (bootstrap) or ``standard_error``/``dof`` (t) keep the test's null
+    distribution for :meth:`p_beyond`; they are not written to tables.
     """
 
     n: int
@@ -89,6 +112,9 @@ class PairedEstimate:
     confidence: float
     resamples: int | None
     seed: int | None
+    draws: np.ndarray | None = field(default=None, repr=False, compare=False)
+    standard_error: float | None = field(default=None, repr=False, compare=False)
+    dof: float | None = field(default=None, repr=False, compare=False)
 
     @property
     def ratio(self) -> float:
@@ -97,8 +123,8 @@ class PairedEstimate:
 
     @property
     def significant(self) -> bool:
-        """p-value below ``1 - confidence``."""
-        return self.p_value < 1 - self.confidence
+        """p-value below ``1 - confidence``: the same as the CI excluding 0."""
+        return bool(self.p_value < alpha_of(self.confidence))
 
     def n_to_detect(self, effect: float) -> float:
         """Paired units needed to detect ``|effect|`` with 80 % power (the spread scales as 1/sqrt(n))."""
@@ -106,8 +132,40 @@ class PairedEstimate:
             raise ValueError("effect must be non-zero")
         return math.ceil(self.n * (self.mde / abs(effect)) ** 2) if math.isfinite(self.mde) else math.nan
 
+    def p_beyond(self, threshold: float, above: bool) -> float:
+        """One-sided p of "delta <= threshold" (``above``) or "delta >= threshold", from this estimate's own
+        test: the share of bootstrap draws on the null side, or the t tail. NaN when no test was made."""
+        if self.draws is not None and self.draws.size:
+            null_side = self.draws <= threshold if above else self.draws >= threshold
+            return max(float(np.count_nonzero(null_side)), 1.0) / self.draws.size
+        if self.standard_error is None or self.dof is None or not math.isfinite(self.standard_error):
+            return math.nan
+        if self.standard_error == 0:
+            return 0.0 if (self.delta > threshold if above else self.delta < threshold) else 1.0
+        score = (self.delta - threshold) / self.standard_error
+        return float(student_t.sf(score if above else -score, self.dof))
+
+    def flipped(self) -> PairedEstimate:
+        """baseline − current: the same test seen from the other side."""
+        return replace(
+            self,
+            baseline=self.current,
+            current=self.baseline,
+            delta=-self.delta,
+            ci_low=-self.ci_high,
+            ci_high=-self.ci_low,
+            draws=None if self.draws is None else -self.draws,
+        )
+
+    def untested(self) -> PairedEstimate:
+        """The same values with no CI, p, MDE or null distribution: too few units to test."""
+        nan = math.nan
+        return replace(self, ci_low=nan, ci_high=nan, p_value=nan, mde=nan, draws=None, standard_error=None)
+
     def to_dict(self) -> dict[str, float | int | str | None]:
-        return {**asdict(self), "ratio": self.ratio, "significant": self.significant}
+        hidden = ("draws", "standard_error", "dof")
+        values = {k: v for k, v in asdict(self).items() if k not in hidden}
+        return {**values, "ratio": self.ratio, "significant": self.significant}
 
 
 def mde_factor(confidence: float, power: float = POWER) -> float:
@@ -116,12 +174,23 @@ def mde_factor(confidence: float, power: float = POWER) -> float:
     return normal.inv_cdf(1 - (1 - confidence) / 2) + normal.inv_cdf(power)
 
 
-def mcnemar_exact(only_baseline: int, only_current: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant pairs (right on one side only); 1 when none."""
-    discordant = only_baseline + only_current
-    if discordant == 0:
-        return 1.0
-    return float(binomtest(only_current, discordant, 0.5).pvalue)
+def draws_ci_p(draws: np.ndarray, confidence: float) -> tuple[float, float, float]:
+    """CI and two-sided p-value of "no difference" from one set of resampled differences, by one rule.
+
+    p is twice the share of draws on the far side of zero (a draw at exactly zero counts on both sides),
+    at least ``1 / draws`` (no draw beyond zero says p < 1/B, not p = 0). The CI's ends are the
+    ``k``-th smallest and largest draws, ``k = ceil(alpha / 2 * B)``. Then the CI excludes zero exactly when
+    p < alpha: ``low > 0`` ⇔ fewer than ``k`` draws are <= 0 ⇔ fewer than ``alpha / 2 * B`` are. The
+    interpolated percentile CI broke this at the boundary (50 of 2,000 draws <= 0: CI above zero, p 0.05).
+    """
+    ordered = np.sort(draws)
+    size = ordered.size
+    k = math.ceil(round(alpha_of(confidence) / 2 * size, 9))
+    low, high = float(ordered[k - 1]), float(ordered[size - k])
+    if not np.any(ordered):
+        return low, high, 1.0
+    far_side = min(np.count_nonzero(ordered <= 0), np.count_nonzero(ordered >= 0))
+    return low, high, float(min(1.0, max(2 * far_side, 1) / size))
 
 
 def resample_stats(
@@ -142,45 +211,70 @@ def resample_stats(
     return np.concatenate(out)
 
 
-def percentile_ci(draws: np.ndarray, bootstrap: Bootstrap) -> tuple[float, float]:
-    low, high = np.quantile(draws, [bootstrap.alpha / 2, 1 - bootstrap.alpha / 2])
-    return float(low), float(high)
-
-
-def bootstrap_p(draws: np.ndarray, observed: float) -> float:
-    """Two-sided p-value of "no difference" that agrees with the percentile CI: twice the share of resampled
-    differences on the far side of zero (the CI at level 1 - alpha excludes 0 exactly when p < alpha).
-
-    A centred (shift) bootstrap test disagrees with a percentile CI on skewed statistics such as corpus
-    perplexity: a CI of [+0.22, +6.62] next to p = 0.057. The observed sample counts as one resample.
-    """
-    if observed == 0 and not np.any(draws):
-        return 1.0
-    far_side = min(np.count_nonzero(draws <= 0), np.count_nonzero(draws >= 0))
-    return float(min(1.0, 2 * (1 + far_side) / (1 + draws.size)))
+def resampled_means(values: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` bootstrap means of ``values``: the counts of each distinct value in a resample of
+    ``len(values)`` are multinomial, so 0/1 or 0/±1 scores cost three numbers per resample, not n."""
+    distinct, counts = np.unique(values, return_counts=True)
+    chunk = max(1, _MAX_DRAWS // distinct.size)
+    out = [
+        rng.multinomial(values.size, counts / values.size, size=min(chunk, rows - done)) @ distinct
+        for done in range(0, rows, chunk)
+    ]
+    return np.concatenate(out) / values.size
 
 
 def paired_mean(
     baseline: np.ndarray, current: np.ndarray, bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
 ) -> PairedEstimate:
-    """Per-unit scores averaged (accuracy and friends): mean difference and its paired-bootstrap CI.
-
-    The p-value is the exact McNemar test when every score is 0 or 1, else the bootstrap p-value.
-    """
-    base, cur = _paired_arrays(baseline, current)
+    """Per-unit scores averaged (accuracy and friends): mean difference, CI and p from one bootstrap."""
+    base, cur = paired_arrays(baseline, current)
     diff = cur - base
-    draws = resample_stats(len(diff), lambda idx: diff[idx].mean(axis=1), bootstrap)
-    delta = float(diff.mean())
-    if _binary(base) and _binary(cur):
-        p_value = mcnemar_exact(int(np.sum(base > cur)), int(np.sum(cur > base)))
-        method = "paired bootstrap CI, exact McNemar p"
-    else:
-        p_value = bootstrap_p(draws, delta)
-        method = "paired bootstrap CI and p"
-    spread = float(diff.std(ddof=1)) / math.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    draws = resampled_means(diff, bootstrap.resamples, np.random.default_rng(bootstrap.seed))
     return bootstrap_estimate(
-        base.mean(), cur.mean(), delta, draws, p_value, spread, method, bootstrap, len(diff)
+        base.mean(), cur.mean(), diff.mean(), draws, "paired bootstrap, CI and p", bootstrap, diff.size
     )
+
+
+def paired_stratified_mean(
+    baseline: np.ndarray, current: np.ndarray, strata: np.ndarray, bootstrap: Bootstrap = DEFAULT_BOOTSTRAP
+) -> PairedEstimate:
+    """The unweighted mean over strata (tasks) of each stratum's mean score, both sides, with a bootstrap
+    that resamples documents within their stratum: the paper's mean of five task accuracies, where a pool of
+    every question would weight HellaSwag's ~10k questions 25 times ARC-Challenge's."""
+    base, cur = paired_arrays(baseline, current)
+    labels = np.asarray(strata)
+    if labels.shape != base.shape:
+        raise ValueError(f"strata must name one stratum per unit ({base.size}), got shape {labels.shape}")
+    names = list(dict.fromkeys(labels.tolist()))
+    rng = np.random.default_rng(bootstrap.seed)
+    per_stratum = [(base[labels == s], cur[labels == s]) for s in names]
+    draws = np.mean([resampled_means(c - b, bootstrap.resamples, rng) for b, c in per_stratum], axis=0)
+    base_value = float(np.mean([b.mean() for b, _ in per_stratum]))
+    cur_value = float(np.mean([c.mean() for _, c in per_stratum]))
+    method = f"paired bootstrap stratified by task ({len(names)} tasks, mean of task means), CI and p"
+    return bootstrap_estimate(
+        base_value, cur_value, cur_value - base_value, draws, method, bootstrap, base.size
+    )
+
+
+def corpus_value(ll_sum: np.ndarray, weight_sum: np.ndarray, aggregation: str) -> np.ndarray:
+    """Corpus perplexity or bits per byte from summed log-likelihoods and word/byte counts."""
+    mean_ll = ll_sum / weight_sum
+    return np.exp(-mean_ll) if aggregation == "weighted_perplexity" else -mean_ll / math.log(2)
+
+
+def corpus_delta_draws(
+    base: np.ndarray, cur: np.ndarray, weights: np.ndarray, aggregation: str, bootstrap: Bootstrap
+) -> np.ndarray:
+    """Corpus value of current − baseline on ``bootstrap.resamples`` document resamples shared by both."""
+
+    def delta_of(idx: np.ndarray) -> np.ndarray:
+        weight_sum = weights[idx].sum(axis=1)
+        return corpus_value(cur[idx].sum(axis=1), weight_sum, aggregation) - corpus_value(
+            base[idx].sum(axis=1), weight_sum, aggregation
+        )
+
+    return resample_stats(base.size, delta_of, bootstrap)
 
 
 def paired_corpus(
@@ -195,45 +289,36 @@ def paired_corpus(
     ``*_ll`` are per-document log-likelihoods, ``weights`` the documents' word or byte counts (the same
     documents, so the same counts on both sides).
     """
-    if aggregation not in AGGREGATIONS[1:]:
-        raise ValueError(f"paired_corpus aggregates {AGGREGATIONS[1:]}, got {aggregation!r}")
-    base, cur = _paired_arrays(baseline_ll, current_ll)
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != base.shape or not np.all(weights > 0):
-        raise ValueError(f"weights must be {base.shape[0]} positive counts, one per document")
-
-    def corpus(ll_sum: np.ndarray, weight_sum: np.ndarray) -> np.ndarray:
-        mean_ll = ll_sum / weight_sum
-        return np.exp(-mean_ll) if aggregation == "weighted_perplexity" else -mean_ll / math.log(2)
-
-    def delta_of(idx: np.ndarray) -> np.ndarray:
-        weight_sum = weights[idx].sum(axis=1)
-        return corpus(cur[idx].sum(axis=1), weight_sum) - corpus(base[idx].sum(axis=1), weight_sum)
-
-    draws = resample_stats(len(base), delta_of, bootstrap)
+    base, cur, weights = corpus_arrays(baseline_ll, current_ll, weights, aggregation)
+    draws = corpus_delta_draws(base, cur, weights, aggregation, bootstrap)
     base_value, cur_value = aggregate(base, weights, aggregation), aggregate(cur, weights, aggregation)
-    delta = cur_value - base_value
     method = "paired bootstrap over documents, CI and p"
-    spread = float(draws.std(ddof=1))
     return bootstrap_estimate(
-        base_value, cur_value, delta, draws, bootstrap_p(draws, delta), spread, method, bootstrap, len(base)
+        base_value, cur_value, cur_value - base_value, draws, method, bootstrap, base.size
     )
 
 
+def corpus_arrays(
+    baseline_ll: np.ndarray, current_ll: np.ndarray, weights: np.ndarray, aggregation: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked float arrays for a corpus comparison; the aggregation must be a corpus-level one."""
+    if aggregation not in CORPUS_AGGREGATIONS:
+        raise ValueError(f"paired_corpus aggregates {CORPUS_AGGREGATIONS}, got {aggregation!r}")
+    base, cur = paired_arrays(baseline_ll, current_ll)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != base.shape or not np.all(weights > 0):
+        raise ValueError(f"weights must be {base.shape[0]} positive counts, one per document")
+    return base, cur, weights
+
+
 def bootstrap_estimate(
-    base: float,
-    cur: float,
-    delta: float,
-    draws: np.ndarray,
-    p_value: float,
-    standard_error: float,
-    method: str,
-    bootstrap: Bootstrap,
-    n: int,
+    base: float, cur: float, delta: float, draws: np.ndarray, method: str, bootstrap: Bootstrap, n: int
 ) -> PairedEstimate:
-    """Assemble a bootstrap estimate; the MDE is unknown (NaN) when the pairs never differed."""
-    low, high = percentile_ci(draws, bootstrap)
-    mde = mde_factor(bootstrap.confidence) * standard_error if standard_error > 0 else math.nan
+    """Assemble a bootstrap estimate (CI and p by :func:`draws_ci_p`); the MDE is the resampled differences'
+    standard deviation in units of the test's detectable effect, unknown (NaN) when they never varied."""
+    low, high, p_value = draws_ci_p(draws, bootstrap.confidence)
+    spread = float(draws.std(ddof=1))
+    mde = mde_factor(bootstrap.confidence) * spread if spread > 0 else math.nan
     return PairedEstimate(
         n=n,
         baseline=float(base),
@@ -243,14 +328,53 @@ def bootstrap_estimate(
         ci_high=high,
         p_value=p_value,
         mde=mde,
-        method=method,
+        method=f"{method} ({bootstrap.resamples} resamples)",
         confidence=bootstrap.confidence,
         resamples=bootstrap.resamples,
         seed=bootstrap.seed,
+        draws=draws,
     )
 
 
-def _paired_arrays(baseline: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def t_estimate(
+    base: float,
+    cur: float,
+    delta: float,
+    standard_error: float,
+    dof: float,
+    method: str,
+    confidence: float,
+    n: int,
+) -> PairedEstimate:
+    """A t-based estimate: CI ``delta ± t·se`` and the two-sided t-test p on the same ``dof``, so the CI
+    excludes zero exactly when p < alpha; MDE ``(t_(1-alpha/2) + t_power) · se``. A zero standard error
+    (every pair differed by the same amount) has a zero-width CI and p 0, or 1 when the difference is 0."""
+    crit = float(student_t.ppf(1 - alpha_of(confidence) / 2, dof))
+    if standard_error > 0:
+        p_value = float(2 * student_t.sf(abs(delta) / standard_error, dof))
+        mde = (crit + float(student_t.ppf(POWER, dof))) * standard_error
+    else:
+        p_value, mde = (1.0 if delta == 0 else 0.0), math.nan
+    half = crit * standard_error
+    return PairedEstimate(
+        n=n,
+        baseline=float(base),
+        current=float(cur),
+        delta=float(delta),
+        ci_low=delta - half,
+        ci_high=delta + half,
+        p_value=p_value,
+        mde=mde,
+        method=method,
+        confidence=confidence,
+        resamples=None,
+        seed=None,
+        standard_error=standard_error,
+        dof=dof,
+    )
+
+
+def paired_arrays(baseline: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     base, cur = np.asarray(baseline, dtype=np.float64), np.asarray(current, dtype=np.float64)
     if base.ndim != 1 or base.shape != cur.shape or base.size == 0:
         raise ValueError(
@@ -259,7 +383,3 @@ def _paired_arrays(baseline: np.ndarray, current: np.ndarray) -> tuple[np.ndarra
     if not (np.all(np.isfinite(base)) and np.all(np.isfinite(cur))):
         raise ValueError("paired values must be finite")
     return base, cur
-
-
-def _binary(values: np.ndarray) -> bool:
-    return bool(np.all((values == 0) | (values == 1)))

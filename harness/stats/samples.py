@@ -23,11 +23,15 @@ Columns (long format, one row per phase, task, document and metric)
 ``metric``       metric name as in result.json (``acc``, ``acc_norm``, ``word_perplexity``,
                  ``exact_match/strict-match`` for a filter other than ``none``)
 ``aggregation``  how the task's value is rebuilt from the rows: ``mean`` (value per document; acc, acc_norm,
-                 exact_match, and Brier score per document), ``weighted_perplexity`` (exp(-Σvalue / Σweight))
-                 or ``bits_per_byte`` (-Σvalue / Σweight / ln 2)
+                 exact_match, and Brier score per document), ``weighted_perplexity`` (exp(-Σvalue / Σweight)),
+                 ``bits_per_byte`` (-Σvalue / Σweight / ln 2) or ``task_mean`` (a pool of tasks,
+                 :func:`pool_tasks`: Σvalue·weight / Σweight with weight 1 / the task's document count, the
+                 mean of the task means)
 ``value``        the document's score; for the two weighted aggregations its log-likelihood
 ``weight``       1 for ``mean``; the document's word count (``word_perplexity``) or byte count
-                 (``byte_perplexity``, ``bits_per_byte``), as lm-eval's task counted them
+                 (``byte_perplexity``, ``bits_per_byte``), as lm-eval's task counted them; 1 / the task's
+                 document count for ``task_mean``, whose ``doc_hash`` is ``<task>/<hash>``: the task a pooled
+                 document came from, which the paired bootstrap resamples within
 
 Metrics whose aggregation is corpus-level and not a (weighted) mean (f1, mcc, bleu, …) are not stored.
 :func:`aggregate` rebuilds lm-eval's task value from the rows exactly.
@@ -46,7 +50,8 @@ import pandas as pd
 SAMPLES_FILE = "samples.parquet"
 PHASES = ("before", "after")
 PHASE_PREFIX = {"before": "eval_before", "after": "eval"}  # result.json block (and table column prefix)
-AGGREGATIONS = ("mean", "weighted_perplexity", "bits_per_byte")
+CORPUS_AGGREGATIONS = ("weighted_perplexity", "bits_per_byte")
+AGGREGATIONS = ("mean", *CORPUS_AGGREGATIONS, "task_mean")
 COLUMNS = ("phase", "task", "doc_id", "doc_hash", "metric", "aggregation", "value", "weight")
 JOB_COLUMN = "job_dir"
 REPORT_TABLES = (".csv", ".parquet")  # results.csv / results.parquet: their samples are beside them
@@ -61,6 +66,8 @@ def aggregate(values: np.ndarray, weights: np.ndarray, aggregation: str) -> floa
     """The task-level value lm-eval reports, rebuilt from per-document rows."""
     if aggregation == "mean":
         return float(np.mean(values))
+    if aggregation == "task_mean":
+        return float(np.sum(values * weights) / np.sum(weights))
     mean_ll = float(np.sum(values) / np.sum(weights))
     if aggregation == "weighted_perplexity":
         return math.exp(-mean_ll)
@@ -164,16 +171,31 @@ def pool_tasks(frame: pd.DataFrame, name: str, tasks: Sequence[str]) -> pd.DataF
     accuracy (the first of :data:`ACCURACY_METRICS` it has), as metric ``acc``, in each phase where all of
     ``tasks`` were scored.
 
-    Their mean is the accuracy over all the pooled questions; with the same number of documents per task it
-    is the paper's mean zero-shot accuracy (Figure 3), and a paired bootstrap over the pooled documents sees
-    every task's questions at once (n = the sum), which one task's few hundred cannot.
+    Their value is the mean of the task accuracies (aggregation ``task_mean``), the paper's mean zero-shot
+    accuracy (Figure 3) whatever each task's size; each row's ``doc_hash`` is prefixed with its own task, so
+    the paired bootstrap resamples every task's questions within that task.
     """
     parts = []
     for _, rows in frame[frame["task"].isin(tasks)].groupby("phase", sort=False):
         picked = [_main_accuracy(rows[rows["task"] == task]) for task in tasks]
         if all(part is not None for part in picked):
-            parts += [part.assign(task=name, metric="acc") for part in picked]
+            parts += [_pooled(part, name) for part in picked]
     return pd.concat([frame, *parts], ignore_index=True) if parts else frame
+
+
+def pool_stratum(doc_hash: str) -> str:
+    """The task a pooled document came from (the ``<task>/`` prefix :func:`pool_tasks` gives its hash)."""
+    return doc_hash.split("/", 1)[0]
+
+
+def _pooled(rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    return rows.assign(
+        task=name,
+        metric="acc",
+        aggregation="task_mean",
+        weight=1.0 / len(rows),
+        doc_hash=rows["task"] + "/" + rows["doc_hash"].astype(str),
+    )
 
 
 def _main_accuracy(rows: pd.DataFrame) -> pd.DataFrame | None:

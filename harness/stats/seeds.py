@@ -2,6 +2,7 @@
 
 Seeds are few (2–5), so intervals use Student's t, not the bootstrap. Two configurations run with the
 same seeds share initialisation and batch order; their per-seed differences are the paired sample.
+With per-document scores for >= 3 seeds, :mod:`harness.stats.hierarchical` adds the document variance.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import t as student_t
 
-from harness.stats.paired import POWER, PairedEstimate
+from harness.stats.paired import PairedEstimate, t_estimate
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     mean = float(data.mean())
     if data.size < 2:
         return Interval(mean, math.nan, math.nan, int(data.size), confidence)
-    half = _t_quantile(confidence, data.size - 1) * _standard_error(data)
+    half = float(student_t.ppf(1 - (1 - confidence) / 2, data.size - 1)) * _standard_error(data)
     return Interval(mean, mean - half, mean + half, int(data.size), confidence)
 
 
@@ -53,32 +54,16 @@ def paired_seeds(
     base = _finite([baseline[s] for s in shared], "baseline")
     cur = _finite([current[s] for s in shared], "current")
     diff = cur - base
-    interval = t_interval(diff, confidence)
-    dof = diff.size - 1
-    se = _standard_error(diff)
-    if se > 0:
-        p_value = float(2 * student_t.sf(abs(interval.mean) / se, dof))
-        mde = (_t_quantile(confidence, dof) + float(student_t.ppf(POWER, dof))) * se
-    else:
-        p_value, mde = (1.0 if interval.mean == 0 else 0.0), math.nan
-    return PairedEstimate(
-        n=diff.size,
-        baseline=float(base.mean()),
-        current=float(cur.mean()),
-        delta=interval.mean,
-        ci_low=interval.low,
-        ci_high=interval.high,
-        p_value=p_value,
-        mde=mde,
-        method=f"paired t over seeds {shared}",
-        confidence=confidence,
-        resamples=None,
-        seed=None,
+    return t_estimate(
+        base.mean(),
+        cur.mean(),
+        float(diff.mean()),
+        _standard_error(diff),
+        diff.size - 1,
+        f"paired t over seeds {shared}",
+        confidence,
+        diff.size,
     )
-
-
-def _t_quantile(confidence: float, dof: int) -> float:
-    return float(student_t.ppf(1 - (1 - confidence) / 2, dof))
 
 
 def _standard_error(data: np.ndarray) -> float:
