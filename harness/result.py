@@ -33,7 +33,9 @@ MACHINE_LOCAL_KEYS: tuple[str, ...] = ("model.cache_dir", "data.data_dir", "eval
 # Config keys that results written before their removal still carry; never part of what a job is (``fault``
 # planted test failures until tests took to monkeypatch and sitecustomize).
 RETIRED_KEYS: tuple[str, ...] = ("fault",)
-NOT_IDENTITY_KEYS = (*MACHINE_LOCAL_KEYS, *RETIRED_KEYS)
+# What a named sweep's report tests (``report.hypotheses``), not what the job is: the same job in two sweeps.
+REPORT_KEYS: tuple[str, ...] = ("report",)
+NOT_IDENTITY_KEYS = (*MACHINE_LOCAL_KEYS, *RETIRED_KEYS, *REPORT_KEYS)
 
 # lm-eval's scores of one phase: {task: {metric: value, <metric>_stderr: value, "n": documents}}. A mapping,
 # not a dataclass: its keys are the task and metric names of the evaluated tasks, an open set.

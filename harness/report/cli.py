@@ -32,6 +32,7 @@ from harness.report.render import (
     render_markdown,
 )
 from harness.report.summary import findings, summarize
+from harness.report.verdicts import report_verdicts
 from harness.stats import Bootstrap, load_samples, write_report_samples
 from harness.stats.paired import DEFAULT_BOOTSTRAP, add_bootstrap_options, bootstrap_from_args
 
@@ -139,6 +140,7 @@ def build_document(
     failed = table[table.get("status", pd.Series(index=table.index)) != "ok"]
     keys = row_keys(ok if not ok.empty else table)
     sections = [
+        *report_verdicts(stats, ok, [out, *dirs], out),
         _overview(table, ok, dirs),
         *_results(ok, keys, stats),
         _figures(figures, out),

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from harness.result import ResultError, find_results, flatten, read_result
-from harness.stats.samples import ACCURACY_METRICS, PHASE_PREFIX, pool_tasks
+from harness.stats.samples import ACCURACY_METRICS, PHASE_PREFIX, aggregate, pool_tasks
 
 # write_result stores NaN/inf as these strings (JSON has no such numbers); only measured fields get them back.
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -114,7 +114,7 @@ def pool_samples(
 def _pooled_values(frame: pd.DataFrame, pools: dict[str, list[str]]) -> dict[str, float]:
     values = {}
     for (phase, task), rows in frame[frame["task"].isin(pools)].groupby(["phase", "task"]):
-        values[f"{PHASE_PREFIX[phase]}.{task}.acc"] = float(rows["value"].mean())
+        values[f"{PHASE_PREFIX[phase]}.{task}.acc"] = aggregate(rows["value"], rows["weight"], "task_mean")
         values[f"{PHASE_PREFIX[phase]}.{task}.n"] = len(rows)
     return values
 
