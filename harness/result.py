@@ -159,7 +159,7 @@ BLOCKS: dict[str, type[Block]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class JobResult:
     """Everything one job measured, in the order a job measures it; ``None`` blocks were not reached.
 
@@ -187,7 +187,7 @@ class JobResult:
         for name, block in BLOCKS.items():
             value = getattr(self, name)
             if isinstance(value, Mapping):
-                object.__setattr__(self, name, block.from_json(value, f"result.json block {name!r}"))
+                setattr(self, name, block.from_json(value, f"result.json block {name!r}"))
 
     @property
     def ok(self) -> bool:
