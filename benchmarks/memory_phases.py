@@ -36,7 +36,13 @@ class PhaseMeter:
         """End the current phase (record its peak) and start ``phase``."""
         if self.phase != "setup":
             self.records.append(
-                {"step": self.step, "phase": self.phase, "peak_rss": rss_bytes("VmHWM"), **heap_stats()}
+                {
+                    "step": self.step,
+                    "phase": self.phase,
+                    "peak_rss": rss_bytes("VmHWM"),
+                    "rss_file": rss_bytes("RssFile"),
+                    **heap_stats(),
+                }
             )
         self.phase = phase
         reset_peak_memory(torch.device("cpu"))
@@ -85,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     train = result.train or {}
     record = {
         "status": result.status,
-        "peak_rss": max((r["peak_rss"] for r in meter.records), default=None),
+        # the last interval (after the last step) is the job's own VmHWM reading
+        "peak_rss": max([r["peak_rss"] for r in meter.records] + [train.get("peak_memory_bytes") or 0]),
         "memory_estimate": train.get("memory_estimate"),
         "largest_batch": train.get("largest_batch"),
         "phases": meter.peaks(),

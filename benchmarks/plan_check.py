@@ -23,6 +23,7 @@ from harness.env import git_commit
 from harness.plan.devices import DeviceSpec, host_cpu, known_device
 from harness.plan.predict import CPU_BASELINE_BYTES, peak_terms, plan_targets, step_flops
 from harness.plan.source import planned_model
+from harness.result import RETIRED_KEYS
 from harness.train.memory_model import BatchShape
 
 MIB = 2**20
@@ -57,7 +58,7 @@ def compare(path: Path) -> dict | None:
     train = result.get("train") or {}
     if result.get("status") != "ok" or not train.get("largest_batch"):
         return None
-    job = validate_config(result["config"])
+    job = validate_config({k: v for k, v in result["config"].items() if k not in RETIRED_KEYS})
     m = job.model
     model = planned_model(m.name_or_path, m.revision, m.cache_dir, m.trust_remote_code)
     device, batch = _device(result), BatchShape(**train["largest_batch"])

@@ -195,6 +195,7 @@ def memory_estimate(job: JobConfig, runtime: Runtime, base: Base, batch: BatchSh
         device=runtime.device,
         baseline_bytes=base.baseline_rss,
         attention_fp32=runs_fp32_attention(model),
+        cpu_heap=str(job.cpu_heap),
     )
     return {"memory_estimate": estimate, "memory_estimate_bytes": estimate["total"]}
 

@@ -12,12 +12,16 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness.config import LoraConfig, QuantConfig, TrainConfig
+from harness.config import LoraConfig, QuantConfig, TrainConfig, config_dict, validate_config
 from harness.job import run_job
 from harness.model.tiny import build_tiny_family, build_tiny_model, build_tiny_tokenizer
-from harness.plan.source import meta_shape
+from harness.plan.devices import host_cpu
+from harness.plan.predict import CPU_BASELINE_BYTES, peak_terms
+from harness.plan.source import meta_shape, planned_model
 from harness.result import JobResult
 from harness.train.memory_model import (
+    HEAP_RETAINED,
+    KERNEL_CACHE_BYTES_PER_SHAPE,
     BatchShape,
     ModelShape,
     UnmodelledFamilyError,
@@ -203,6 +207,46 @@ def test_bf16_halves_the_frozen_path_but_not_the_loss_buffers():
     assert bf16["loss_buffers"] > fp32["loss_buffers"]  # the bf16 logits come on top of the fp32 ones
 
 
+def test_cpu_kernel_cache_grows_per_micro_batch_below_fp32_only():
+    """oneDNN caches kernels per input shape for bf16 matmuls: one shape per micro-batch at most."""
+    bf16 = estimate(dtype=torch.bfloat16, train=TrainConfig(steps=10, grad_accum=2))["terms"]
+    assert bf16["kernel_cache"] == 20 * KERNEL_CACHE_BYTES_PER_SHAPE
+    assert estimate(train=TrainConfig(steps=10))["terms"]["kernel_cache"] == 0  # fp32: MKL, no cache
+    cuda = estimate(dtype=torch.bfloat16, device=torch.device("cuda"))["terms"]
+    assert "kernel_cache" not in cuda and "cpu_runtime" not in cuda
+
+
+def test_fast_heap_keeps_a_multiple_of_the_largest_transient():
+    """cpu_heap=fast: the heap's free chunks at the peak, HEAP_RETAINED per byte of the largest phase's
+    transient tensors; lean returns them."""
+    lean = estimate_peak_memory(
+        SMOLLM2,
+        QuantConfig(),
+        LoraConfig(),
+        TrainConfig(),
+        targets=ALL_LINEAR,
+        batch=DEFAULT_BATCH,
+        compute_dtype=torch.float32,
+        device=CPU,
+        cpu_heap="lean",
+    )
+    fast = estimate_peak_memory(
+        SMOLLM2,
+        QuantConfig(),
+        LoraConfig(),
+        TrainConfig(),
+        targets=ALL_LINEAR,
+        batch=DEFAULT_BATCH,
+        compute_dtype=torch.float32,
+        device=CPU,
+        cpu_heap="fast",
+    )
+    resident = lean["phases"]["optimizer_step"] - lean["terms"]["lora_grads"]
+    assert "heap_retained" not in lean["terms"]
+    assert fast["terms"]["heap_retained"] == round(HEAP_RETAINED * (lean["total"] - resident))
+    assert fast["total"] == lean["total"] + fast["terms"]["heap_retained"]
+
+
 def test_job_stores_an_estimate_near_its_measured_peak(job_config, tmp_path):
     """A real tiny job: the stored estimate is within a loose factor of the measured peak RSS (the tiny
     model's tensors are a few MiB, below the resident set's noise)."""
@@ -219,7 +263,8 @@ def test_job_stores_an_estimate_near_its_measured_peak(job_config, tmp_path):
 def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
     """A random model of SmolLM2-135M's shape, saved and trained by a real job (streamed load, NF4, r 16,
     fp32, cpu_heap=lean): the estimate above the pre-load baseline is within 15 % of the measured peak
-    resident set above it. Both include the baseline, so the bound is taken on what the job itself adds."""
+    resident set above it (both include the baseline, so the bound is taken on what the job itself adds),
+    and qlora-plan, reading only the saved config.json, predicts the same bytes."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_CONFIG))
     model.save_pretrained(tmp_path / "model")
@@ -245,7 +290,12 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
     estimate = result.train.memory_estimate
     baseline = estimate["terms"]["baseline_rss"]
     added, predicted = result.train.peak_memory_bytes - baseline, estimate["total"] - baseline
-    # Issue 17's goal is +-15 %; measured -15.3 % (322 vs 380 MiB) in the project venv and -20.3 % (322 vs
-    # 404 MiB) in a fresh CI clone's venv (2026-12-01, AMD EPYC 2 cores): the resident set moves with the
-    # environment, a miss the README states. The test holds the model to 35 %, a guard against gross errors.
-    assert abs(predicted / added - 1) <= 0.35, (predicted >> 20, added >> 20, estimate["terms"])
+    # Measured -4.8 % (383 vs 402 MiB; 2026-12-06, Intel Xeon 2 cores, this venv). The resident set moves
+    # with the environment: on 2026-12-01 the same job added 380 MiB in the project venv and 404 MiB in a
+    # fresh CI clone's (a 6 % swing). Bound: the goal, +-15 % (the measured error plus a 10-point margin).
+    assert abs(predicted / added - 1) <= 0.15, (predicted >> 20, added >> 20, estimate["terms"])
+    # qlora-plan, from the saved config.json alone (meta device), predicts the same peak for this batch.
+    job = validate_config(config_dict(cfg))
+    model = planned_model(str(tmp_path / "model"))
+    plan = peak_terms(model.shape, job, host_cpu(), BatchShape(**result.train.largest_batch), "llama")
+    assert plan["total"] - CPU_BASELINE_BYTES == estimate["total"] - baseline

@@ -10,7 +10,8 @@ what the CUDA allocator's counters do not see. Assumptions, stated once here:
 - ``ALLOCATOR_RESERVE``: the caching allocator reserves more than it hands out (block rounding and
   fragmentation): 5 % of the allocated peak, assumed until a GPU run measures reserved / allocated.
 - ``CPU_BASELINE_BYTES``: on CPU the process's resident set before the model is loaded (libraries,
-  tokenizer, data), as measured for the SmolLM2 quickstart job (reports/plan/README.md).
+  tokenizer, Alpaca data): 686 MiB measured for the SmolLM2 quickstart job on 2026-12-06
+  (reports/plan/README.md); a job measures its own.
 - Time: training FLOPs (``step_flops``) at the device's dense bf16 peak times ``EFFICIENCY``.
 """
 
@@ -34,7 +35,7 @@ from harness.train.memory_model import BatchShape, ModelShape, estimate_peak_mem
 MIB = 2**20
 CUDA_CONTEXT_BYTES = 512 * MIB
 ALLOCATOR_RESERVE = 0.05
-CPU_BASELINE_BYTES = 560 * MIB
+CPU_BASELINE_BYTES = 686 * MIB
 # Fraction of the device's peak a QLoRA training step reaches. CPU (cpu_heap fast / lean): measured, 30 %
 # and 17 % of the F.linear limit (reports/perf/bench_cpu.md, c6fc730). CUDA: assumed equal to the CPU's
 # fast figure until benchmarks/gpu_check.sh measures it (plan.efficiency overrides both).

@@ -36,6 +36,18 @@ LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
 # Optimizer state bytes per trainable parameter: AdamW keeps two states; bitsandbytes' 8-bit states hold
 # one byte each plus an fp32 absmax per block of 256.
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8bit": 2 * (1 + 4 / 256)}
+MIB = 2**20
+# CPU, measured on a SmolLM2 quickstart job (reports/plan/README.md): what the resident set gains after the
+# baseline beyond live tensors. Runtime: library code and data pages first touched by training (RssFile
+# grew 73 MiB), autograd and allocator state.
+CPU_RUNTIME_BYTES = 50 * MIB
+# bf16/fp16 on CPU: oneDNN compiles and caches its matmul kernels per input shape, so every new micro-batch
+# width adds to the resident set (at most one width per micro-batch; the resident set grew 170 MiB over 7
+# new widths).
+KERNEL_CACHE_BYTES_PER_SHAPE = 24 * MIB
+# cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
+# (mallinfo2) at the peak, per byte of the step's transient tensors.
+HEAP_RETAINED = 2.0
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
 LOSS_BUFFERS = 3
@@ -334,11 +346,38 @@ def estimate_peak_memory(
             attention_bytes,
         ),
     }
-    resident = sum(
-        terms[k] for k in ("baseline_rss", "quantized_weights", "unquantized_params", "lora_params")
-    )
-    resident += terms["optimizer_state"]
-    phases = {
+    if device.type == "cpu":
+        terms.update(cpu_terms(train, compute_bytes))
+    phases = step_phases(terms)
+    if device.type == "cpu" and cpu_heap == "fast":
+        transient = max(phases.values()) - phases["optimizer_step"] + terms["lora_grads"]
+        terms["heap_retained"] = round(HEAP_RETAINED * transient)
+        phases = {name: total + terms["heap_retained"] for name, total in phases.items()}
+    peak = max(phases, key=phases.get)
+    estimate = {"terms": terms, "phases": phases, "peak_phase": peak, "total": phases[peak]}
+    if paged:
+        estimate["paged_optimizer_state"] = state
+    return estimate
+
+
+RESIDENT = ("baseline_rss", "cpu_runtime", "kernel_cache", "quantized_weights", "unquantized_params")
+
+
+def cpu_terms(train, compute_bytes: int) -> dict[str, int]:
+    """What a CPU job's resident set holds beyond its tensors: the runtime, and below fp32 oneDNN's kernels
+    for each micro-batch shape (at most one new shape per micro-batch)."""
+    shapes = train.steps * train.grad_accum
+    return {
+        "cpu_runtime": CPU_RUNTIME_BYTES,
+        "kernel_cache": KERNEL_CACHE_BYTES_PER_SHAPE * shapes if compute_bytes < LORA_BYTES else 0,
+    }
+
+
+def step_phases(terms: dict[str, int]) -> dict[str, int]:
+    """The three moments of a step: the end of the forward, the backward of a recomputed layer, the
+    optimizer step; each on top of what stays resident (weights, adapters, optimizer state)."""
+    resident = sum(terms.get(k, 0) for k in RESIDENT) + terms["lora_params"] + terms["optimizer_state"]
+    return {
         "loss": resident + terms["saved_activations"] + terms["loss_buffers"] + terms["adapter_casts"],
         "layer_backward": resident
         + max(terms["saved_activations"], terms["lora_grads"])
@@ -347,8 +386,3 @@ def estimate_peak_memory(
         + terms["dequantized_weight"],
         "optimizer_step": resident + terms["lora_grads"],
     }
-    peak = max(phases, key=phases.get)
-    estimate = {"terms": terms, "phases": phases, "peak_phase": peak, "total": phases[peak]}
-    if paged:
-        estimate["paged_optimizer_state"] = state
-    return estimate
