@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -144,7 +145,9 @@ def test_non_binary_scores_use_the_same_bootstrap():
     rng = np.random.default_rng(6)
     base = rng.random(300)  # e.g. per-document Brier scores
     estimate = paired_mean(base, base + 0.05 + rng.normal(0, 0.1, 300), FAST)
-    assert estimate.p_value == pytest.approx(1 / 500)  # no resample on the far side of zero: p < 1/B
+    draws = estimate.draws  # no resample on the far side of zero: p < 1/B, read off the draws' normal tail
+    assert estimate.p_value == pytest.approx(2 * NormalDist().cdf(-draws.mean() / draws.std(ddof=1)))
+    assert estimate.p_value < 1 / 500
     assert estimate.ci_low < 0.05 < estimate.ci_high
 
 
@@ -464,3 +467,11 @@ def test_two_level_bootstrap_of_corpus_perplexity_recomputes_each_seed_on_shared
     ]
     assert estimate.delta == pytest.approx(np.mean(by_seed))
     assert estimate.significant and estimate.ci_low > 0
+
+
+def test_resamples_scale_with_the_number_of_tests_up_to_a_cap():
+    """4 · tests / alpha, rounded up to thousands (40 tests: 3,200 -> 4,000), never below what was asked,
+    at most 20,000 (beyond, a p below 1/B is the draws' normal tail)."""
+    assert Bootstrap().for_tests(40).resamples == 4000
+    assert Bootstrap(resamples=9000).for_tests(40).resamples == 9000
+    assert Bootstrap().for_tests(10_000).resamples == 20_000

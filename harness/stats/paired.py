@@ -31,6 +31,7 @@ from scipy.stats import t as student_t
 from harness.stats.samples import CORPUS_AGGREGATIONS, aggregate
 
 POWER = 0.80
+MAX_SCALED_RESAMPLES = 20_000  # 4 x 250 tests / 0.05; a corpus bootstrap of 100 documents: ~0.1 s each
 _MAX_DRAWS = 4_000_000  # values drawn per chunk of resamples (32 MB of int64/float64)
 
 
@@ -63,11 +64,12 @@ class Bootstrap:
     def for_tests(self, tests: int) -> Bootstrap:
         """Enough resamples that a multiplicity correction over ``tests`` tests can reject.
 
-        The smallest bootstrap p is ``1 / resamples`` (no draw beyond zero); Holm and Benjamini–Hochberg
-        compare the smallest p with ``alpha / tests``. ``4 * tests / alpha`` resamples put it a factor 4
-        below, so a comparison with a draw or two beyond zero can still be rejected.
+        Holm and Benjamini–Hochberg compare the smallest p with ``alpha / tests``; with ``4 * tests / alpha``
+        resamples (rounded up to thousands) a comparison with a draw or two beyond zero still gets there.
+        Beyond :data:`MAX_SCALED_RESAMPLES` the resamples stop growing: a p below ``1 / resamples`` (no
+        draw beyond zero) is then the draws' normal tail (:func:`draws_ci_p`).
         """
-        needed = math.ceil(4 * max(tests, 1) / self.alpha / 1000) * 1000
+        needed = min(math.ceil(4 * max(tests, 1) / self.alpha / 1000) * 1000, MAX_SCALED_RESAMPLES)
         return replace(self, resamples=max(self.resamples, needed))
 
 
@@ -177,10 +179,12 @@ def mde_factor(confidence: float, power: float = POWER) -> float:
 def draws_ci_p(draws: np.ndarray, confidence: float) -> tuple[float, float, float]:
     """CI and two-sided p-value of "no difference" from one set of resampled differences, by one rule.
 
-    p is twice the share of draws on the far side of zero (a draw at exactly zero counts on both sides),
-    at least ``1 / draws`` (no draw beyond zero says p < 1/B, not p = 0). The CI's ends are the
-    ``k``-th smallest and largest draws, ``k = ceil(alpha / 2 * B)``. Then the CI excludes zero exactly when
-    p < alpha: ``low > 0`` ⇔ fewer than ``k`` draws are <= 0 ⇔ fewer than ``alpha / 2 * B`` are. The
+    p is twice the share of draws on the far side of zero (a draw at exactly zero counts on both sides).
+    When no draw is beyond zero the count says only p < 1/B; p is then the smaller of 1/B and the two-sided
+    normal tail of zero under the draws' mean and spread, so a multiplicity correction over many tests
+    can still reject a clear difference. The CI's ends are the ``k``-th smallest and largest draws,
+    ``k = ceil(alpha / 2 * B)``. Then the CI excludes zero exactly when p < alpha: ``low > 0`` ⇔ fewer than
+    ``k`` draws are <= 0 ⇔ fewer than ``alpha / 2 * B`` are (and p <= 1/B < alpha when none is). The
     interpolated percentile CI broke this at the boundary (50 of 2,000 draws <= 0: CI above zero, p 0.05).
     """
     ordered = np.sort(draws)
@@ -190,7 +194,11 @@ def draws_ci_p(draws: np.ndarray, confidence: float) -> tuple[float, float, floa
     if not np.any(ordered):
         return low, high, 1.0
     far_side = min(np.count_nonzero(ordered <= 0), np.count_nonzero(ordered >= 0))
-    return low, high, float(min(1.0, max(2 * far_side, 1) / size))
+    if far_side:
+        return low, high, float(min(1.0, 2 * far_side / size))
+    spread = float(ordered.std(ddof=1))
+    tail = 2 * NormalDist().cdf(-abs(float(ordered.mean())) / spread) if spread > 0 else 0.0
+    return low, high, min(1 / size, tail)
 
 
 def resample_stats(
