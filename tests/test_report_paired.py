@@ -378,3 +378,22 @@ def test_the_case_where_percentile_ci_and_exact_mcnemar_disagreed_now_agrees() -
     before[:11], after[11:14] = 1, 1
     estimate = paired_mean(before, after)
     assert estimate.significant == (estimate.ci_high < 0)
+
+
+def test_three_seeds_with_samples_are_compared_by_a_two_level_bootstrap(tmp_path: Path) -> None:
+    """Two storage types × 3 seeds, each job with per-document samples: every evaluated metric is compared
+    over seeds, then documents (units 'seeds × documents', n = 3 seeds); the training loss over seeds."""
+    for storage in ("bf16", "fp4"):
+        for seed in range(3):
+            frame = samples_frame(storage, DOCS)
+            loss = [2.4 - 0.1 * step + LOSS_OFFSET[storage] + 0.01 * seed for step in range(10)]
+            job = tmp_path / "sweep" / f"{storage}-{seed}"
+            ok_result(config_of(storage, seed), evaluation(frame), 4.5, 400.0, loss).save(job)
+            write_samples(job, {"after": frame})
+    code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "out")])
+    assert code == 0, stderr
+    arc = comparison(tmp_path / "out", "fp4", "bf16", ARC, "acc_norm")
+    assert arc["units"] == "seeds × documents" and arc["n"] == 3
+    assert "two-level bootstrap: seeds [0, 1, 2], then documents" in arc["method"]
+    assert arc["delta"] == pytest.approx((arc_correct("fp4") - arc_correct("bf16")).mean())
+    assert comparison(tmp_path / "out", "fp4", "bf16", "train", "loss")["units"] == "seeds"
