@@ -133,7 +133,7 @@ class Metric:
     """
 
     header: str
-    role: str  # score | delta | bits | weight_error | memory | throughput | loss_start | loss_end
+    role: str  # score, delta, bits, weight_error, adapter_params, memory, throughput, loss_start, loss_end
     direction: int
     digits: int
     source: str
@@ -234,6 +234,7 @@ def _resource_metrics(table: pd.DataFrame) -> Iterator[tuple[Metric, pd.Series |
     resources = [
         Metric("bits/param (bits) ↓", "bits", LOWER, 3, column("quant", "bits_per_param")),
         Metric("weight error (rel. RMS) ↓", "weight_error", LOWER, 4, WEIGHT_ERROR),
+        Metric("adapter params (M)", "adapter_params", UNRANKED, 2, column("lora", "trainable_params"), 1e-6),
         Metric(
             f"peak memory (MiB, {kind}) ↓", "memory", LOWER, 1, column("train", "peak_memory_bytes"), 1 / _MIB
         ),
