@@ -135,16 +135,6 @@ class Statistics:
                 return c.estimate.flipped()
         return None
 
-    def comparison(self, source: str, a: int, b: int) -> Comparison | None:
-        """The comparison of row ``a`` − row ``b`` on ``source`` (flipped when computed the other way)."""
-        estimate = self.between(source, a, b)
-        if estimate is None:
-            return None
-        units = next(
-            c.units for c in self.comparisons if c.source == source and {c.config, c.reference} == {a, b}
-        )
-        return Comparison(source, a, b, estimate, units)
-
     def best(self, source: str, direction: int) -> int | None:
         """The row significantly better than every other row on ``source``, if there is one."""
         for a in range(len(self.rows)):
