@@ -90,7 +90,7 @@ def test_mxfp4_hand_worked_block():
     first = [1.0, 0.3, -7.0] + [0.0] * 29
     second = [1.0, 0.3125, 0.4375] + [0.0] * 29
     tensors = encode_mxfp4(torch.tensor(first + second))
-    assert tensors["scale"].tolist() == [127, 125]
+    assert tensors["absmax"].tolist() == [127, 125]
     restored = decode_mxfp4(tensors, torch.Size([64]), torch.float32).tolist()
     assert restored[:3] == [1.0, 0.5, -6.0] and restored[32:35] == [1.0, 0.25, 0.5]
 
@@ -121,8 +121,8 @@ def test_nvfp4_hand_worked_block():
     stores 2688 = 6 * 448 and 1344 = 3 * 448 exactly; 100 / 448 = 0.223 rounds to 0 (below 0.25)."""
     weight = torch.tensor([2688.0, 1344.0, 100.0] + [0.0] * 13)
     tensors = encode_nvfp4(weight)
-    assert tensors["tensor_scale"].item() == 1.0
-    assert tensors["scale"].view(torch.float8_e4m3fn).float().tolist() == [448.0]
+    assert tensors["absmax2"].item() == 1.0
+    assert tensors["absmax"].view(torch.float8_e4m3fn).float().tolist() == [448.0]
     assert decode_nvfp4(tensors, weight.shape, torch.float32)[:3].tolist() == [2688.0, 1344.0, 0.0]
 
 
@@ -161,13 +161,13 @@ def test_agrees_with_torchao():
     weight = heavy_tailed(64 * 128, 4).view(64, 128)
     scale, data = mx.to_mx(weight, torch.float4_e2m1fn_x2, 32)
     ours = encode_mxfp4(weight)
-    assert torch.equal(scale.view(torch.uint8).view(-1), ours["scale"])
+    assert torch.equal(scale.view(torch.uint8).view(-1), ours["absmax"])
     theirs = kernels.f4_unpacked_to_f32(kernels.unpack_uint4(data.view(torch.uint8))).view(-1)
     assert torch.equal(theirs, e2m1_values()[_unpack(ours["codes"]).long()])
     tensor_scale = nv.per_tensor_amax_to_scale(weight.abs().amax())
     block_scale, data = nv.nvfp4_quantize(weight, 16, tensor_scale)
     ours = encode_nvfp4(weight)
-    assert torch.equal(block_scale.view(torch.uint8).view(-1), ours["scale"])
+    assert torch.equal(block_scale.view(torch.uint8).view(-1), ours["absmax"])
     theirs = kernels.f4_unpacked_to_f32(kernels.unpack_uint4(data.view(torch.uint8))).view(-1)
     assert torch.equal(theirs, e2m1_values()[_unpack(ours["codes"]).long()])
 

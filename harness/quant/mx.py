@@ -14,15 +14,20 @@ Both store FP4-E2M1 elements (sign, 2 exponent bits with bias 1, 1 mantissa bit:
 
 Codes are E2M1 bit patterns (bit 3 the sign), packed two per byte as the codebook types pack them
 (element 2i in the high nibble), so decoding is the codebook types' one pair-table lookup with the
-block's scale in place of the absmax (harness.quant.codebook.dequantize_codebook_blockwise).
+block's scale in place of the absmax (harness.quant.codebook.dequantize_codebook_blockwise). The block
+scale bytes are stored under the role ``absmax`` and NVFP4's per-tensor scale under ``absmax2``, the
+roles a weight's byte breakdown counts as first- and second-level constants.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
 from harness.quant.codebook import dequantize_codebook_blockwise, pack_pairs
 from harness.quant.int4 import to_blocks
+from harness.quant.spec import ALLOWED_BLOCKSIZES, StorageArgs, StorageSpec, listing
 
 E2M1_MAGNITUDES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_MAX = 6.0
@@ -65,11 +70,12 @@ def mx_shared_exponents(blocks: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, exponent, -E8M0_BIAS).clamp(-E8M0_BIAS, E8M0_BIAS)
 
 
-def quantize_mxfp4(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A 1-D float tensor in MXFP4; returns (packed codes (blocks, 16) uint8, E8M0 scales (blocks,) uint8).
+def quantize_mxfp4(flat: torch.Tensor, blocksize: int = MXFP4_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 1-D float tensor in MXFP4; returns (packed codes (blocks, bs / 2) uint8, E8M0 scales (blocks,)
+    uint8).
 
     Dividing by the power-of-two scale is exact (ldexp), so the only rounding is the element's."""
-    blocks = to_blocks(flat.float(), MXFP4_BLOCKSIZE)
+    blocks = to_blocks(flat.float(), blocksize)
     exponent = mx_shared_exponents(blocks)
     codes = round_to_e2m1(torch.ldexp(blocks, -exponent[:, None].float()))
     return pack_pairs(codes), (exponent + E8M0_BIAS).to(torch.uint8)
@@ -86,15 +92,17 @@ def nvfp4_tensor_scale(flat: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, amax / (E4M3_MAX * E2M1_MAX), 1.0)
 
 
-def quantize_nvfp4(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A 1-D float tensor in NVFP4; returns (packed codes (blocks, 8) uint8, E4M3 block scales (blocks,)
+def quantize_nvfp4(
+    flat: torch.Tensor, blocksize: int = NVFP4_BLOCKSIZE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 1-D float tensor in NVFP4; returns (packed codes (blocks, bs / 2) uint8, E4M3 block scales (blocks,)
     as float8_e4m3fn, 0-d fp32 per-tensor scale).
 
     The arithmetic is torchao's nvfp4_quantize with a per-tensor scale, operation for operation: block
     scale (amax / 6) / tensor scale, clamped to [2^-6, 448] and rounded to E4M3; elements multiplied by
     (1 / tensor scale) / block scale, saturated at +-6 and rounded to E2M1 with ties to even."""
     tensor_scale = nvfp4_tensor_scale(flat)
-    blocks = to_blocks(flat.float(), NVFP4_BLOCKSIZE)
+    blocks = to_blocks(flat.float(), blocksize)
     block_scale = (blocks.abs().amax(dim=1) / E2M1_MAX) / tensor_scale
     block_scale = block_scale.clamp(E4M3_TINY, E4M3_MAX).to(torch.float8_e4m3fn)
     reciprocal = (1.0 / tensor_scale) / block_scale.float()
@@ -107,38 +115,90 @@ def nvfp4_scales(block_scale: torch.Tensor, tensor_scale: torch.Tensor) -> torch
     return tensor_scale * block_scale.float()
 
 
-def encode_mxfp4(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """codes: packed E2M1 (blocks, 16) uint8; scale: E8M0 biased exponents (blocks,) uint8."""
-    codes, scale = quantize_mxfp4(weight.reshape(-1))
-    return {"codes": codes, "scale": scale}
+def encode_mxfp4(weight: torch.Tensor, blocksize: int = MXFP4_BLOCKSIZE) -> dict[str, torch.Tensor]:
+    """codes: packed E2M1 (blocks, bs / 2) uint8; absmax: the E8M0 scale bytes (blocks,) uint8."""
+    codes, scale = quantize_mxfp4(weight.reshape(-1), blocksize)
+    return {"codes": codes, "absmax": scale}
 
 
 def decode_mxfp4(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """The weight back in `shape` and `dtype`: E2M1 value * 2^(e - 127), computed in fp32, rounded once."""
     values = e2m1_values().to(tensors["codes"].device)
-    scales = mxfp4_scales(tensors["scale"])
+    scales = mxfp4_scales(tensors["absmax"])
     return dequantize_codebook_blockwise(tensors["codes"], scales, values, shape.numel(), dtype).view(shape)
 
 
-def encode_nvfp4(weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """codes: packed E2M1 (blocks, 8) uint8; scale: E4M3 bytes (blocks,) uint8; tensor_scale: 0-d fp32."""
-    codes, block_scale, tensor_scale = quantize_nvfp4(weight.reshape(-1))
-    return {"codes": codes, "scale": block_scale.view(torch.uint8), "tensor_scale": tensor_scale}
+def encode_nvfp4(weight: torch.Tensor, blocksize: int = NVFP4_BLOCKSIZE) -> dict[str, torch.Tensor]:
+    """codes: packed E2M1 (blocks, bs / 2) uint8; absmax: the E4M3 block scale bytes (blocks,) uint8;
+    absmax2: the 0-d fp32 per-tensor scale (the second level, as double quantization's constants)."""
+    codes, block_scale, tensor_scale = quantize_nvfp4(weight.reshape(-1), blocksize)
+    return {"codes": codes, "absmax": block_scale.view(torch.uint8), "absmax2": tensor_scale}
 
 
 def decode_nvfp4(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """The weight back in `shape` and `dtype`: E2M1 value * (tensor scale * block scale) in fp32."""
     values = e2m1_values().to(tensors["codes"].device)
-    scales = nvfp4_scales(tensors["scale"].view(torch.float8_e4m3fn), tensors["tensor_scale"])
+    scales = nvfp4_scales(tensors["absmax"].view(torch.float8_e4m3fn), tensors["absmax2"])
     return dequantize_codebook_blockwise(tensors["codes"], scales, values, shape.numel(), dtype).view(shape)
 
 
-def mxfp4_bits_per_param() -> float:
-    """4-bit elements plus one 8-bit E8M0 scale per 32: 4.25 (numel a multiple of 32)."""
-    return 4 + 8 / MXFP4_BLOCKSIZE
+def mxfp4_bits_per_param(blocksize: int = MXFP4_BLOCKSIZE) -> float:
+    """4-bit elements plus one 8-bit E8M0 scale per block: 4.25 at 32 (numel a multiple of the block)."""
+    return 4 + 8 / blocksize
 
 
-def nvfp4_bits_per_param(numel: int) -> float:
-    """4-bit elements, one 8-bit E4M3 scale per 16 and one fp32 per tensor: 4.5 + 32 / numel (numel a
-    multiple of 16)."""
-    return 4 + 8 / NVFP4_BLOCKSIZE + 32 / numel
+def nvfp4_bits_per_param(numel: int, blocksize: int = NVFP4_BLOCKSIZE) -> float:
+    """4-bit elements, one 8-bit E4M3 scale per block and one fp32 per tensor: 4.5 + 32 / numel at 16
+    (numel a multiple of the block)."""
+    return 4 + 8 / blocksize + 32 / numel
+
+
+MX_BLOCKSIZES: tuple[int, ...] = (NVFP4_BLOCKSIZE, *ALLOWED_BLOCKSIZES)
+
+
+class MicroscalingStorage(StorageSpec):
+    """An E2M1 type with 8-bit block scales. Its own block sizes: the format's native one (MXFP4 32,
+    NVFP4 16) and, for sweeps at a common block size, 16 and every size the other 4-bit types take,
+    with the same scale and element rules (only the native size is the published format). Its scales
+    are already 8-bit, so ``quant.double_quant`` does not apply and is recorded False."""
+
+    def __init__(self, name: str, native_blocksize: int, encode, decode, bits):
+        self.name, self.native_blocksize = name, native_blocksize
+        self._encode, self._decode, self._bits = encode, decode, bits
+
+    def check(self, args: StorageArgs) -> None:
+        super().check(replace(args, blocksize=ALLOWED_BLOCKSIZES[0]))  # double_quant and codebook
+        integer = isinstance(args.blocksize, int) and not isinstance(args.blocksize, bool)
+        if not (integer and args.blocksize in MX_BLOCKSIZES):
+            raise ValueError(
+                f"quant.blocksize={args.blocksize!r} is not allowed for quant.storage={self.name!r}; "
+                f"allowed: {listing(MX_BLOCKSIZES)} (the format's own: {self.native_blocksize})"
+            )
+
+    def layout(self, args: StorageArgs) -> StorageArgs:
+        return replace(args, double_quant=False)
+
+    def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
+        return self._encode(weight, args.blocksize)
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return self._decode(tensors, shape, dtype)
+
+    def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
+        return self._bits(args.blocksize, shape.numel())
+
+
+SPECS = (
+    MicroscalingStorage(
+        "mxfp4", MXFP4_BLOCKSIZE, encode_mxfp4, decode_mxfp4, lambda bs, numel: mxfp4_bits_per_param(bs)
+    ),
+    MicroscalingStorage(
+        "nvfp4",
+        NVFP4_BLOCKSIZE,
+        encode_nvfp4,
+        decode_nvfp4,
+        lambda bs, numel: nvfp4_bits_per_param(numel, bs),
+    ),
+)

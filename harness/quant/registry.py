@@ -27,6 +27,8 @@ FAMILIES = (
     "harness.quant.bnb4:SPECS",
     "harness.quant.int4:SPECS",
     "harness.quant.codebook:SPECS",
+    "harness.quant.block_optimal:SPECS",
+    "harness.quant.mx:SPECS",
     "harness.quant.int8:SPECS",
     "harness.quant.floats:SPECS",
 )
