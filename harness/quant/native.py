@@ -1,0 +1,129 @@
+"""A compiled CPU decode for the pair-packed 4-bit types (codebooks, AF4/BOF4, MXFP4/NVFP4).
+
+Decoding is level[code] * block scale. In torch it takes four passes over the weight (widen the bytes to
+an index, gather, scale, cast), about 4x the memory traffic of bitsandbytes' fused kernel, which is what
+kept the codebook types at 2.0-2.3x bitsandbytes NF4's layer time in bf16 (reports/quant/codebook.md).
+This module compiles one small C loop with the system C compiler on first use (the way bitsandbytes
+loads its library: ctypes, plain C, no torch headers, well under a second) into a per-user cache and
+runs it on torch's CPU threads. Per block it forms the 16 products level * scale in fp32 once and
+rounds each to the output dtype once (bf16 by round-half-even, as torch's cast), then writes two values
+per byte from that table: the same values as the torch path, bit for bit (tested).
+
+Where no compiler is found or compiling fails, ``decode_pairs`` returns None and callers keep the torch
+path, so nothing needs the compiler to work. ``QLORA_BENCH_NATIVE=0`` turns the compiled path off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from pathlib import Path
+
+import torch
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+
+static inline uint16_t bf16_rne(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+#define DECODE(NAME, T, CONVERT)                                                              \
+    void NAME(const uint8_t *packed, const float *scale, const float *levels, T *out,         \
+              int64_t first, int64_t count, int64_t half) {                                   \
+        for (int64_t b = first; b < first + count; b++) {                                     \
+            T table[16];                                                                      \
+            for (int k = 0; k < 16; k++) table[k] = CONVERT(levels[k] * scale[b]);             \
+            const uint8_t *p = packed + b * half;                                             \
+            T *o = out + 2 * b * half;                                                        \
+            for (int64_t j = 0; j < half; j++) {                                              \
+                o[2 * j] = table[p[j] >> 4];                                                  \
+                o[2 * j + 1] = table[p[j] & 15];                                              \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+#define SAME(x) (x)
+#define HALF(x) ((_Float16)(x))
+DECODE(decode_f32, float, SAME)
+DECODE(decode_bf16, uint16_t, bf16_rne)
+DECODE(decode_f16, _Float16, HALF)
+"""
+_FUNCTIONS = {torch.float32: "decode_f32", torch.bfloat16: "decode_bf16", torch.float16: "decode_f16"}
+_FLAGS = ("-O3", "-shared", "-fPIC")
+_MIN_BYTES_PER_THREAD = 1 << 16  # below this, one thread: a pool hand-off costs more than it saves
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qlora-bench"
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled decode, built once per source and compiler into the cache; None without one."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if os.environ.get("QLORA_BENCH_NATIVE", "1") == "0" or compiler is None:
+        return None
+    key = hashlib.sha256("\0".join([_SOURCE, compiler, *_FLAGS]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"decode-{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                source, built = Path(scratch) / "decode.c", Path(scratch) / "decode.so"
+                source.write_text(_SOURCE)
+                subprocess.run(
+                    [compiler, *_FLAGS, str(source), "-o", str(built)], check=True, capture_output=True
+                )
+                os.replace(built, target)  # atomic: concurrent jobs never load a half-written file
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for name in _FUNCTIONS.values():
+        getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    return library
+
+
+@cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="qlora-decode")
+
+
+def decode_pairs(
+    packed: torch.Tensor, scale: torch.Tensor, levels: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """(blocks, 2 * half) values level[code] * scale[block] in `dtype` from pair-packed codes (blocks,
+    half) (element 2i in the high nibble), fp32 per-block `scale` and at most 16 fp32 `levels`; None
+    where the compiled path does not apply (not CPU, another dtype, no compiler)."""
+    function = _FUNCTIONS.get(dtype)
+    if function is None or packed.device.type != "cpu" or (library := _library()) is None:
+        return None
+    packed = packed.contiguous()
+    scale = scale.to(torch.float32).contiguous()
+    table = torch.zeros(16, dtype=torch.float32)
+    table[: levels.numel()] = levels.to(torch.float32)
+    blocks, half = packed.shape
+    out = torch.empty(blocks, 2 * half, dtype=dtype)
+    pointers = (packed.data_ptr(), scale.data_ptr(), table.data_ptr(), out.data_ptr())
+    kernel = getattr(library, function)
+    threads = max(1, min(torch.get_num_threads(), packed.numel() // _MIN_BYTES_PER_THREAD))
+    if threads == 1:
+        kernel(*pointers, 0, blocks, half)
+        return out
+    bounds = [blocks * i // threads for i in range(threads + 1)]
+    chunks = zip(bounds[:-1], bounds[1:], strict=True)
+    jobs = [_pool(threads).submit(kernel, *pointers, first, last - first, half) for first, last in chunks]
+    for job in jobs:
+        job.result()  # ctypes releases the GIL for the call, so the chunks run in parallel
+    return out
