@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -323,6 +324,15 @@ class JobConfig:
             f">= {ALPACA_HELDOUT} when training on {ALPACA_FILE} and evaluating {HELDOUT_TASK}: "
             f"it scores the last {ALPACA_HELDOUT} records, which training must not see",
         )
+        if self.eval.dense_weights_mib and not self.quant.spec().blockwise:
+            # a warning, not a refusal: one sweep may set it for its 16-bit reference row too, as blocksize
+            warnings.warn(
+                f"eval.dense_weights_mib={self.eval.dense_weights_mib} does nothing for "
+                f"quant.storage={self.quant.storage}: it holds 4-bit weights dequantized, and this type has "
+                "none",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def check_device(self, device: torch.device) -> None:
         """The checks that need the device (the others ran in ``__post_init__``): storage kernels and paged

@@ -7,6 +7,8 @@ a thin subclass of peft's LoRA ``Linear``: no fork or copy of peft.
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from harness.config import TARGET_PRESETS, LoraConfig
@@ -114,6 +116,9 @@ def attach_lora(model: nn.Module, cfg: LoraConfig, target_leaves: list[str], see
     )
     peft_config._register_custom_module({QuantLinear: _peft_linear()})
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, peft_config)
+    with warnings.catch_warnings():
+        # peft 0.21 probes transformers' deprecated alias; the harness itself calls the v6 names
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        peft_model = get_peft_model(model, peft_config)
     use_cheap_lora_dropout(peft_model)
     return peft_model

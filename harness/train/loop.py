@@ -162,7 +162,7 @@ def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSe
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         # transformers also hooks the embeddings' output to require grad, which only reentrant checkpointing
         # needs; left on, backward computes an unused input gradient through the first block
         model.disable_input_require_grads()
