@@ -7,9 +7,9 @@ import bitsandbytes.functional as bnbf
 import pytest
 import torch
 
-from harness.quant import ALLOWED_BLOCKSIZES, STORAGE_SPECS, STORAGE_TYPES, quantize, validate_quant_args
+from harness.quant import ALLOWED_BLOCKSIZES, STORAGE_TYPES, quantize, validate_quant_args
 from harness.quant.codebook import (
-    CodebookStorage,
+    SPECS,
     fp4_e2m1_levels,
     fp4_e3m0_levels,
     normal_float_levels,
@@ -19,11 +19,7 @@ from harness.quant.codebook import (
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-BUILTIN_CODEBOOKS = tuple(
-    name
-    for name, spec in STORAGE_SPECS.items()
-    if isinstance(spec, CodebookStorage) and not spec.takes_codebook
-)
+BUILTIN_CODEBOOKS = tuple(spec.name for spec in SPECS if not spec.takes_codebook)  # this module's fixed ones
 
 
 def normal_weight(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

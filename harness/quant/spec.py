@@ -45,8 +45,9 @@ class StorageSpec(ABC):
     """One storage type. A new one subclasses this, implements ``encode``, ``decode`` and
     ``bits_per_param``, and sets the class attributes that differ from the defaults:
 
-    - ``blockwise``: ``quant.blocksize`` (one of ALLOWED_BLOCKSIZES) and ``quant.double_quant`` apply;
-      otherwise they are ignored and the stored weight records None / False.
+    - ``blockwise``: ``quant.blocksize`` and ``quant.double_quant`` apply; otherwise they are ignored and
+      the stored weight records None / False.
+    - ``blocksizes``: the block sizes ``check`` allows (default: ALLOWED_BLOCKSIZES, bitsandbytes' set).
     - ``takes_codebook``: ``quant.codebook`` applies (override ``check`` to validate it); otherwise a
       codebook is refused.
     - ``sixteen_bit``: a 16-bit reference, the row reports compare the others with by default.
@@ -57,6 +58,7 @@ class StorageSpec(ABC):
 
     name: str = ""
     blockwise: bool = True
+    blocksizes: tuple[int, ...] = ALLOWED_BLOCKSIZES
     takes_codebook: bool = False
     sixteen_bit: bool = False
     devices: tuple[str, ...] | None = None
@@ -84,10 +86,10 @@ class StorageSpec(ABC):
         if not isinstance(args.double_quant, bool):
             raise ValueError(f"quant.double_quant={args.double_quant!r} is not allowed; allowed: True, False")
         integer = isinstance(args.blocksize, int) and not isinstance(args.blocksize, bool)
-        if self.blockwise and not (integer and args.blocksize in ALLOWED_BLOCKSIZES):
+        if self.blockwise and not (integer and args.blocksize in self.blocksizes):
             raise ValueError(
                 f"quant.blocksize={args.blocksize!r} is not allowed {where}; "
-                f"allowed: {listing(ALLOWED_BLOCKSIZES)}"
+                f"allowed: {listing(self.blocksizes)}"
             )
         if args.codebook is not None and not self.takes_codebook:
             raise ValueError(
