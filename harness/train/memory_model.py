@@ -38,13 +38,13 @@ LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8bit": 2 * (1 + 4 / 256)}
 MIB = 2**20
 # CPU, measured on a SmolLM2 quickstart job (reports/plan/README.md): what the resident set gains after the
-# baseline beyond live tensors. Runtime: library code and data pages first touched by training (RssFile
-# grew 73 MiB), autograd and allocator state.
-CPU_RUNTIME_BYTES = 50 * MIB
-# bf16/fp16 on CPU: oneDNN compiles and caches its matmul kernels per input shape, so every new micro-batch
-# width adds to the resident set (at most one width per micro-batch; the resident set grew 170 MiB over 7
-# new widths).
-KERNEL_CACHE_BYTES_PER_SHAPE = 24 * MIB
+# baseline beyond live tensors. Runtime: library code and data pages first touched by training (RssFile grew
+# 73 MiB after the baseline), autograd and allocator state.
+CPU_RUNTIME_BYTES = 74 * MIB
+# bf16/fp16 on CPU: the resident set grows with every new micro-batch shape (170 MiB over 8 new widths in 10
+# steps), ~60 % of it oneDNN's primitive cache of compiled matmul kernels (ONEDNN_PRIMITIVE_CACHE_CAPACITY);
+# fp32 runs MKL's sgemm and has no such term. Counted as one new shape per micro-batch.
+KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
 # cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
 # (mallinfo2) at the peak, per byte of the step's transient tensors.
 HEAP_RETAINED = 2.0
