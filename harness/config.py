@@ -385,12 +385,12 @@ def group_options() -> dict[str, dict[str, Any]]:
     setting; ``nf4-nodq`` without), the paper's LoRA, the two training presets and the data sets. Groups
     that are lists of names (``eval``) and the test preset ``train=smoke`` are YAML files in ``conf/``."""
     quant = {
-        name: QuantConfig(storage=name, double_quant=name == "nf4")
+        name: QuantConfig(storage=name, double_quant=False)
         for name, spec in STORAGE_SPECS.items()
         if not spec.takes_codebook  # needs its levels: quant.storage=codebook quant.codebook=[...]
     }
     return {
-        "quant": {**quant, "nf4-nodq": QuantConfig(storage="nf4", double_quant=False)},
+        "quant": {**quant, "nf4": QuantConfig(), "nf4-nodq": QuantConfig(double_quant=False)},
         "lora": {"paper": LoraConfig()},
         "train": {
             "cpu": TrainConfig(),  # sized for 2 CPU cores: 30 steps of 4 x <=256 tokens
