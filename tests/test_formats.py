@@ -5,6 +5,7 @@ paper's error claims, bits/param formulas, and one tiny job each through the rea
 from __future__ import annotations
 
 import math
+import pickle
 
 import bitsandbytes.functional as bnbf
 import pytest
@@ -140,9 +141,12 @@ def test_bits_per_param_equals_the_formula(storage: str):
 
 
 def test_microscaling_block_sizes_are_their_own():
-    """MXFP4/NVFP4 take 16 (which bitsandbytes' types refuse) and name their native size when refusing."""
+    """MXFP4/NVFP4 take 16 (which bitsandbytes' types refuse), refuse what is not a block size, and the
+    specs pickle (sweeps send them to worker processes)."""
     assert quantize(torch.randn(4, 16), "nvfp4", 16).blocksize == 16
-    with pytest.raises(ValueError, match=r"quant.blocksize=48 is not allowed .*'mxfp4'.*own: 32"):
+    assert pickle.loads(pickle.dumps(storage_spec("nvfp4"))).name == "nvfp4"
+    assert pickle.loads(pickle.dumps(storage_spec("bof4_s"))).levels(StorageArgs(64)).numel() == 16
+    with pytest.raises(ValueError, match=r"quant.blocksize=48 is not allowed .*'mxfp4'; allowed: 16, 32"):
         storage_spec("mxfp4").check(StorageArgs(48, False))
     with pytest.raises(ValueError, match="quant.blocksize=16 is not allowed"):
         quantize(torch.randn(4, 16), "af4", 16)

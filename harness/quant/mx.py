@@ -27,7 +27,7 @@ import torch
 
 from harness.quant.codebook import dequantize_codebook_blockwise, pack_pairs
 from harness.quant.int4 import to_blocks
-from harness.quant.spec import ALLOWED_BLOCKSIZES, StorageArgs, StorageSpec, listing
+from harness.quant.spec import ALLOWED_BLOCKSIZES, StorageArgs, StorageSpec
 
 E2M1_MAGNITUDES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_MAX = 6.0
@@ -153,52 +153,47 @@ def nvfp4_bits_per_param(numel: int, blocksize: int = NVFP4_BLOCKSIZE) -> float:
     return 4 + 8 / blocksize + 32 / numel
 
 
-MX_BLOCKSIZES: tuple[int, ...] = (NVFP4_BLOCKSIZE, *ALLOWED_BLOCKSIZES)
-
-
 class MicroscalingStorage(StorageSpec):
-    """An E2M1 type with 8-bit block scales. Its own block sizes: the format's native one (MXFP4 32,
-    NVFP4 16) and, for sweeps at a common block size, 16 and every size the other 4-bit types take,
-    with the same scale and element rules (only the native size is the published format). Its scales
-    are already 8-bit, so ``quant.double_quant`` does not apply and is recorded False."""
+    """An E2M1 type with 8-bit block scales. Its block sizes are the format's native one (MXFP4 32, NVFP4
+    16) and, for sweeps at a common block size, 16 and every size the other 4-bit types take, with the
+    same scale and element rules (only the native size is the published format). Its scales are already
+    8-bit, so ``quant.double_quant`` does not apply and is recorded False."""
 
-    def __init__(self, name: str, native_blocksize: int, encode, decode, bits):
-        self.name, self.native_blocksize = name, native_blocksize
-        self._encode, self._decode, self._bits = encode, decode, bits
-
-    def check(self, args: StorageArgs) -> None:
-        super().check(replace(args, blocksize=ALLOWED_BLOCKSIZES[0]))  # double_quant and codebook
-        integer = isinstance(args.blocksize, int) and not isinstance(args.blocksize, bool)
-        if not (integer and args.blocksize in MX_BLOCKSIZES):
-            raise ValueError(
-                f"quant.blocksize={args.blocksize!r} is not allowed for quant.storage={self.name!r}; "
-                f"allowed: {listing(MX_BLOCKSIZES)} (the format's own: {self.native_blocksize})"
-            )
+    blocksizes = (NVFP4_BLOCKSIZE, *ALLOWED_BLOCKSIZES)
+    native_blocksize: int
 
     def layout(self, args: StorageArgs) -> StorageArgs:
         return replace(args, double_quant=False)
 
+
+class MXFP4Storage(MicroscalingStorage):
+    name, native_blocksize = "mxfp4", MXFP4_BLOCKSIZE
+
     def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
-        return self._encode(weight, args.blocksize)
+        return encode_mxfp4(weight, args.blocksize)
 
     def decode(
         self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
     ) -> torch.Tensor:
-        return self._decode(tensors, shape, dtype)
+        return decode_mxfp4(tensors, shape, dtype)
 
     def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
-        return self._bits(args.blocksize, shape.numel())
+        return mxfp4_bits_per_param(args.blocksize)
 
 
-SPECS = (
-    MicroscalingStorage(
-        "mxfp4", MXFP4_BLOCKSIZE, encode_mxfp4, decode_mxfp4, lambda bs, numel: mxfp4_bits_per_param(bs)
-    ),
-    MicroscalingStorage(
-        "nvfp4",
-        NVFP4_BLOCKSIZE,
-        encode_nvfp4,
-        decode_nvfp4,
-        lambda bs, numel: nvfp4_bits_per_param(numel, bs),
-    ),
-)
+class NVFP4Storage(MicroscalingStorage):
+    name, native_blocksize = "nvfp4", NVFP4_BLOCKSIZE
+
+    def encode(self, weight: torch.Tensor, args: StorageArgs) -> dict[str, torch.Tensor]:
+        return encode_nvfp4(weight, args.blocksize)
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], shape: torch.Size, args: StorageArgs, dtype: torch.dtype
+    ) -> torch.Tensor:
+        return decode_nvfp4(tensors, shape, dtype)
+
+    def bits_per_param(self, args: StorageArgs, shape: torch.Size) -> float:
+        return nvfp4_bits_per_param(shape.numel(), args.blocksize)
+
+
+SPECS = (MXFP4Storage(), NVFP4Storage())
