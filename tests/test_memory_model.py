@@ -22,6 +22,7 @@ from harness.result import JobResult
 from harness.train.memory_model import (
     HEAP_RETAINED,
     KERNEL_CACHE_BYTES_PER_SHAPE,
+    PHASE_TRANSIENTS,
     BatchShape,
     ModelShape,
     UnmodelledFamilyError,
@@ -216,35 +217,36 @@ def test_cpu_kernel_cache_grows_per_micro_batch_below_fp32_only():
     assert "kernel_cache" not in cuda and "cpu_runtime" not in cuda
 
 
-def test_fast_heap_keeps_a_multiple_of_the_largest_transient():
-    """cpu_heap=fast: the heap's free chunks at the peak, HEAP_RETAINED per byte of the largest phase's
-    transient tensors; lean returns them."""
-    lean = estimate_peak_memory(
+def cpu_estimate(heap: str, batch: BatchShape) -> dict:
+    return estimate_peak_memory(
         SMOLLM2,
         QuantConfig(),
         LoraConfig(),
         TrainConfig(),
         targets=ALL_LINEAR,
-        batch=DEFAULT_BATCH,
+        batch=batch,
         compute_dtype=torch.float32,
         device=CPU,
-        cpu_heap="lean",
+        cpu_heap=heap,
     )
-    fast = estimate_peak_memory(
-        SMOLLM2,
-        QuantConfig(),
-        LoraConfig(),
-        TrainConfig(),
-        targets=ALL_LINEAR,
-        batch=DEFAULT_BATCH,
-        compute_dtype=torch.float32,
-        device=CPU,
-        cpu_heap="fast",
-    )
-    resident = lean["phases"]["optimizer_step"] - lean["terms"]["lora_grads"]
-    assert "heap_retained" not in lean["terms"]
-    assert fast["terms"]["heap_retained"] == round(HEAP_RETAINED * (lean["total"] - resident))
-    assert fast["total"] == lean["total"] + fast["terms"]["heap_retained"]
+
+
+def test_fast_heap_keeps_a_multiple_of_the_peak_transient_under_its_mmap_threshold():
+    """cpu_heap=fast: the heap's free chunks at the peak, HEAP_RETAINED per byte of the peak phase's
+    transient tensors; tensors of 32 MiB or more (here 512 rows of fp32 logits, 96 MiB) get their own
+    mapping and go back to the OS; lean returns everything."""
+    small_logits, large_logits = BatchShape(4, 256, 128), BatchShape(4, 256, 512)
+    for batch in (small_logits, large_logits):
+        lean, fast = cpu_estimate("lean", batch), cpu_estimate("fast", batch)
+        assert "heap_retained" not in lean["terms"]
+        assert fast["total"] == lean["total"] + fast["terms"]["heap_retained"]
+    lean, fast = cpu_estimate("lean", small_logits), cpu_estimate("fast", small_logits)
+    transient = sum(lean["terms"][t] for t in PHASE_TRANSIENTS[lean["peak_phase"]])  # all under 32 MiB
+    assert fast["terms"]["heap_retained"] == round(HEAP_RETAINED * transient)
+    large = cpu_estimate("fast", large_logits)
+    assert large["peak_phase"] == "loss"
+    terms = large["terms"]
+    assert terms["heap_retained"] == round(HEAP_RETAINED * terms["saved_activations"])  # not the logits
 
 
 def test_job_stores_an_estimate_near_its_measured_peak(job_config, tmp_path):

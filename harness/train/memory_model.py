@@ -30,6 +30,7 @@ from torch import nn
 from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
+from harness.train.meters import FAST_MMAP_THRESHOLD
 
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 (get_peft_model's autocast_adapter_dtype)
 LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
@@ -46,7 +47,7 @@ CPU_RUNTIME_BYTES = 74 * MIB
 # fp32 runs MKL's sgemm and has no such term. Counted as one new shape per micro-batch.
 KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
 # cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
-# (mallinfo2) at the peak, per byte of the step's transient tensors.
+# (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold.
 HEAP_RETAINED = 2.0
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
@@ -350,8 +351,10 @@ def estimate_peak_memory(
         terms.update(cpu_terms(train, compute_bytes))
     phases = step_phases(terms)
     if device.type == "cpu" and cpu_heap == "fast":
-        transient = max(phases.values()) - phases["optimizer_step"] + terms["lora_grads"]
-        terms["heap_retained"] = round(HEAP_RETAINED * transient)
+        peak = max(phases, key=phases.get)
+        terms["heap_retained"] = round(
+            HEAP_RETAINED * heap_transient(terms, peak, shape, batch, compute_bytes)
+        )
         phases = {name: total + terms["heap_retained"] for name, total in phases.items()}
     peak = max(phases, key=phases.get)
     estimate = {"terms": terms, "phases": phases, "peak_phase": peak, "total": phases[peak]}
@@ -386,3 +389,34 @@ def step_phases(terms: dict[str, int]) -> dict[str, int]:
         + terms["dequantized_weight"],
         "optimizer_step": resident + terms["lora_grads"],
     }
+
+
+# The transient terms of each phase (what is alive above the resident state at that moment).
+PHASE_TRANSIENTS = {
+    "loss": ("saved_activations", "loss_buffers", "adapter_casts"),
+    "layer_backward": (
+        "saved_activations",
+        "layer_recompute",
+        "layer_backward_buffers",
+        "dequantized_weight",
+    ),
+    "optimizer_step": ("lora_grads",),
+}
+
+
+def heap_transient(
+    terms: dict[str, int], phase: str, shape: ModelShape, batch: BatchShape, nbytes: int
+) -> int:
+    """The bytes of ``phase``'s transient tensors that glibc's fast heap serves (tensors below its mmap
+    threshold: larger ones get their own mapping, returned on free). Each term is judged by its largest
+    tensor: a logits buffer, a layer's input, a layer's widest MLP activation, the widest weight."""
+    widest = max(o for _, _, o in shape.linears)
+    largest = {
+        "loss_buffers": batch.logit_rows * shape.vocab * LOSS_BYTES,
+        "saved_activations": batch.tokens * shape.hidden * nbytes,
+        "layer_recompute": batch.tokens * widest * nbytes,
+        "layer_backward_buffers": batch.tokens * widest * nbytes,
+        "dequantized_weight": terms["dequantized_weight"],
+    }
+    small = [t for t in PHASE_TRANSIENTS[phase] if largest.get(t, 0) < FAST_MMAP_THRESHOLD]
+    return sum(terms[t] for t in small)
