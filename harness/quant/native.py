@@ -96,7 +96,8 @@ def _library() -> ctypes.CDLL | None:
 
 
 @cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """One pool per process: a forked child inherits the parent's pool object but not its threads."""
     return ThreadPoolExecutor(threads, thread_name_prefix="qlora-decode")
 
 
@@ -123,7 +124,10 @@ def decode_pairs(
         return out
     bounds = [blocks * i // threads for i in range(threads + 1)]
     chunks = zip(bounds[:-1], bounds[1:], strict=True)
-    jobs = [_pool(threads).submit(kernel, *pointers, first, last - first, half) for first, last in chunks]
+    jobs = [
+        _pool(threads, os.getpid()).submit(kernel, *pointers, first, last - first, half)
+        for first, last in chunks
+    ]
     for job in jobs:
         job.result()  # ctypes releases the GIL for the call, so the chunks run in parallel
     return out
