@@ -3,11 +3,18 @@ composition of the real conf/ tree."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
-import pytest
-import torch
+# bitsandbytes' CPU dequantize falls back to a torch.compile'd lookup-and-scale for blocks of 2048 or more
+# on AVX-512 CPUs, compiled anew for every shape (dynamic=False): 2-20 s per shape, a tenth of the suite.
+# Eager it is the same steps (a table lookup, one fp32 multiply, one cast), so no value changes. Jobs outside
+# the tests keep compiling; the jobs tests start inherit this. Set before torch is imported.
+os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 

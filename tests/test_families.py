@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 import torch
+from tokenizers import pre_tokenizers
 
 from harness.config import LoraConfig, ModelConfig
 from harness.job import run_job
+from harness.model import loading
 from harness.model.loading import cache_damage, load_model
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import linear_module_names, quantizable_layer_names, replace_linear_layers
@@ -133,14 +138,60 @@ def test_cache_damage_names_the_damaged_file(tmp_path):
     assert damage[0].startswith("model.safetensors: ") and damage[1].startswith("tokenizer.json: ")
 
 
-def test_damaged_gguf_cache_is_converted_again(tmp_path):
-    """A converted SmolLM2 cache whose model.safetensors was cut short (full disk, killed conversion) is
-    moved aside and converted again from the shipped GGUF (~25 s on 2 CPU cores), and the model loads."""
-    damaged = save_tiny_family("llama", tmp_path / "smollm2-135m")
+def write_tiny_gguf(path: Path, hidden: int = 32) -> Path:
+    """A 1-layer Llama GGUF in the shipped SmolLM2 file's format (Q4_1 weights, a GPT-2 byte-level
+    vocabulary in the metadata), converted in a second instead of SmolLM2's ~35 s."""
+    tokens = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["<|endoftext|>", "<|pad|>"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(512)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(2 * hidden)
+    writer.add_head_count(4)
+    writer.add_head_count_kv(2)
+    writer.add_rope_dimension_count(hidden // 4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * 256 + [gguf.TokenType.CONTROL] * 2)
+    writer.add_token_scores([0.0] * len(tokens))
+    writer.add_token_merges([])
+    writer.add_bos_token_id(256)
+    writer.add_eos_token_id(256)
+    rng = np.random.default_rng(0)
+    shapes = {
+        "token_embd.weight": (len(tokens), hidden),
+        **{f"blk.0.attn_{n}.weight": (hidden, hidden) for n in ("q", "output")},
+        **{f"blk.0.attn_{n}.weight": (hidden // 2, hidden) for n in ("k", "v")},
+        **{f"blk.0.ffn_{n}.weight": (2 * hidden, hidden) for n in ("gate", "up")},
+        "blk.0.ffn_down.weight": (hidden, 2 * hidden),
+    }
+    for name, shape in shapes.items():
+        weight = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        q4_1 = gguf.GGMLQuantizationType.Q4_1
+        writer.add_tensor(name, gguf.quants.quantize(weight, q4_1), raw_dtype=q4_1)
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        writer.add_tensor(name, np.ones(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_damaged_gguf_cache_is_converted_again(tmp_path, monkeypatch):
+    """A converted model cache whose model.safetensors was cut short (full disk, killed conversion) is
+    moved aside and converted again from the GGUF, and the model loads. The GGUF is a tiny one in the
+    shipped SmolLM2 file's format (the same conversion code, transformers' GGUF reader); `make demo`
+    converts the real one."""
+    gguf_file = write_tiny_gguf(tmp_path / "tiny.Q4_1.gguf")
+    monkeypatch.setattr(loading, "_gguf_path", lambda package, filename: gguf_file)
+    damaged = save_tiny_family("llama", tmp_path / "cache" / "smollm2-135m")
     weights = damaged / "model.safetensors"
     os.truncate(weights, weights.stat().st_size // 2)
-    loaded = load_model(ModelConfig(name_or_path="smollm2-135m", cache_dir=str(tmp_path)), torch.float32)
+    cache = tmp_path / "cache"
+    loaded = load_model(ModelConfig(name_or_path="smollm2-135m", cache_dir=str(cache)), torch.float32)
     assert loaded.source == "shipped-gguf"
-    assert loaded.model.config.hidden_size == 576  # SmolLM2-135M, not the tiny model left in the cache
-    assert cache_damage(tmp_path / "smollm2-135m") == []
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
+    assert loaded.model.config.hidden_size == 32  # the GGUF's, not the tiny model's (64) left in the cache
+    assert cache_damage(cache / "smollm2-135m") == []
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # nothing left aside
