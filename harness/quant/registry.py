@@ -9,6 +9,7 @@ and a bad name or setting fails here, before a model is loaded, saying what is a
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ def _attribute(reference: str) -> object:
     module_name, _, attribute = reference.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:  # ValueError: an empty module name
         raise StorageError(
             f"quant.storage={reference!r}: module {module_name!r} cannot be imported ({exc}); "
             f"allowed: {PLUGIN_FORM} on the Python path"
@@ -102,8 +103,8 @@ def _plugin(name: str) -> StorageSpec:
     if ":" in name:
         target = _attribute(name)
     else:
-        target = next(ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name).load()
-    spec = _as_spec(name, target)
+        target = _attribute(next(ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name).value)
+    spec = copy.copy(_as_spec(name, target))  # a copy: renaming must not touch an instance shared elsewhere
     spec.name = name
     return spec
 
