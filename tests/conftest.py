@@ -21,6 +21,25 @@ from omegaconf import DictConfig
 from harness.config import register_configs
 from harness.paths import CONF_DIR
 
+# Modules and tests whose checks compare floating-point results (kernels, reduction order, dtype), marked
+# ``numerical``: .ci/run runs them once more under the other CPU class. Tests elsewhere carry the mark.
+NUMERICAL_MODULES = ("test_attention", "test_codebook", "test_quant_layer", "test_quant_weight_error")
+NUMERICAL_TESTS = (
+    "test_quant.py::test_numel_not_multiple_of_blocksize",
+    "test_quant.py::test_absmax_double_quantization_error_bound",
+    "test_evaluate.py::test_dense_weights_give_the_same_logits",
+    "test_evaluate.py::test_dense_weights_leave_every_score_as_it_was",
+    "test_families.py::test_gpt2_conv1d_quantized_as_transposed_linear",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in NUMERICAL_MODULES or any(
+            item.nodeid.partition("/")[2].startswith(test) for test in NUMERICAL_TESTS
+        ):
+            item.add_marker(pytest.mark.numerical)
+
 
 @pytest.fixture(scope="module")
 def single_thread():

@@ -90,6 +90,7 @@ def bf16_setup(checkpointing: bool):
     return prepare_for_training(peft_model, TrainConfig(gradient_checkpointing=checkpointing)), batch
 
 
+@pytest.mark.numerical
 def test_bf16_step_runs_adapters_in_bf16_and_keeps_fp32_weights():
     """In a bf16 model every LoRA matmul takes its input in bf16 (no cast up to the fp32 weights, also when
     checkpointing recomputes), while the adapter weights, their gradients and the optimizer stay fp32; the
