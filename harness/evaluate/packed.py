@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 # Causal LMs whose forward is ``lm_head(decoder(...).last_hidden_state)`` and whose decoder applies a 4-D
 # attention mask as given (transformers 5 ``create_causal_mask``) and rotary positions from position_ids.
-PACKED_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+PACKED_FAMILIES = frozenset(
+    {"llama", "mistral", "qwen2"}
+)  # each checked against HFLM in tests/test_eval_cache.py
 # Attention implementations and the mask each takes: True = may attend (SDPA), or additive (eager).
 MASK_KINDS = {"sdpa": "bool", CPU_FP32_SDPA: "bool", "eager": "additive"}
 # Padded tokens per forward. On a 2-core CPU a forward of ~2k tokens runs the linear layers near their rate
@@ -319,9 +321,10 @@ class PackedLM(HFLM):
                 windows.append((None, context, continuation))
                 owner.append(index)
         answers = self._loglikelihood_tokens(windows, disable_tqdm)
-        totals = []
-        for index, request in enumerate(requests):
-            total = sum(answer[0] for answer, o in zip(answers, owner, strict=True) if o == index)
-            totals.append(total)
+        per_request: list[list[float]] = [[] for _ in requests]
+        for (value, _), index in zip(answers, owner, strict=True):
+            per_request[index].append(value)
+        totals = [sum(values) for values in per_request]  # HFLM's sum, window by window in order
+        for request, total in zip(requests, totals, strict=True):
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
         return totals
