@@ -8,8 +8,8 @@ evaluation runs (2 bytes per parameter in bf16, 4 in fp32); the others decode on
 copies are dropped on exit, so a job that trains afterwards runs exactly as without them.
 
 Off by default (``eval.dense_weights_mib=0``): on a 2-core AMD EPYC it measured 0.8-0.95x the speed of
-decoding on every forward (``reports/perf/eval_cost.md``): there, reading a bf16 weight from memory costs
-more than decoding the 4-bit one into cache just before its matmul.
+decoding on every forward (``reports/perf/eval_cost.md`` as of ``d84f29f``): there, reading a bf16 weight
+from memory costs more than decoding the 4-bit one into cache just before its matmul.
 """
 
 from __future__ import annotations
