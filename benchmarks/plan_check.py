@@ -62,7 +62,7 @@ def compare(path: Path) -> dict | None:
     m = job.model
     model = planned_model(m.name_or_path, m.revision, m.cache_dir, m.trust_remote_code)
     device, batch = _device(result), BatchShape(**train["largest_batch"])
-    estimate = peak_terms(model.shape, job, device, batch, model.model_type)
+    estimate = peak_terms(model.shape, job, device, batch)
     row = {
         "job": str(path.parent),
         "device": device.name,

@@ -299,5 +299,5 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
     # qlora-plan, from the saved config.json alone (meta device), predicts the same peak for this batch.
     job = validate_config(config_dict(cfg))
     model = planned_model(str(tmp_path / "model"))
-    plan = peak_terms(model.shape, job, host_cpu(), BatchShape(**result.train.largest_batch), "llama")
+    plan = peak_terms(model.shape, job, host_cpu(), BatchShape(**result.train.largest_batch))
     assert plan["total"] - CPU_BASELINE_BYTES == estimate["total"] - baseline

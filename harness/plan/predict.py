@@ -132,9 +132,7 @@ def batch_shape(model_type: str, rows: int, width: int) -> BatchShape:
     return BatchShape(rows, width, logit_rows)
 
 
-def peak_terms(
-    shape: ModelShape, job: JobConfig, device: DeviceSpec, batch: BatchShape, model_type: str
-) -> dict:
+def peak_terms(shape: ModelShape, job: JobConfig, device: DeviceSpec, batch: BatchShape) -> dict:
     """``estimate_peak_memory`` for this device, plus the CUDA context and allocator reserve on CUDA."""
     torch_device = torch.device(device.kind)
     dtype, _ = choose_compute_dtype(str(job.quant.compute_dtype), torch_device)
@@ -216,10 +214,10 @@ def plan_job(
     rows, width = job.train.batch_size, job.train.seq_len
 
     def peak(r: int, w: int) -> int:
-        return peak_terms(shape, job, device, batch_shape(model_type, r, w), model_type)["total"]
+        return peak_terms(shape, job, device, batch_shape(model_type, r, w))["total"]
 
     batch = batch_shape(model_type, rows, width)
-    estimate = peak_terms(shape, job, device, batch, model_type)
+    estimate = peak_terms(shape, job, device, batch)
     limit = device.memory_bytes
     longest = model.max_positions or 64 * width
     plan = JobPlan(
