@@ -229,3 +229,11 @@ def test_the_readme_verdict_table_is_the_generated_one():
 
     with contextlib.redirect_stderr(io.StringIO()) as stderr:
         assert verdict_table(["--check"]) == 0, stderr.getvalue()
+
+
+def test_an_equivalence_whose_whole_ci_lies_beyond_the_margin_is_contradicted():
+    boot = Bootstrap(resamples=4000)
+    stats, ok = _stats({"b": paired_mean(*_pair(4000, 100, 900), boot)})  # +20 points, margin ±5
+    frame = evaluate(stats, ok, Declaration("s", Path("s.yaml"), [_hypothesis("b", "equivalence")]))
+    assert frame["verdict"].iloc[0] == "contradicts (differs by more than ±0.05)"
+    assert frame["n"].iloc[0] == 4000 and str(frame["n"].dtype) == "Int64"

@@ -9,7 +9,9 @@ family per sweep, Holm-adjusted; the others are exploratory, Benjamini–Hochber
 A verdict reads the comparison's own test (:class:`harness.stats.PairedEstimate`: the same procedure as its
 CI) and says one of: ``holds``, ``contradicts``, ``cannot tell at this n`` (with the n that would detect
 the *declared* effect with 80 % power), ``not shown (this n detects the declared effect)``,
-``equivalent within ±m``, ``not shown equivalent`` or ``not tested`` (a row or comparison is missing).
+``equivalent within ±m``, ``not shown equivalent``, ``contradicts (differs by more than ±m)`` (the whole
+CI beyond the margin) or ``not tested`` (a row or comparison is missing). For equivalence, "n to decide" is
+the n at which a true difference of 0 would show equivalence with 80 % power.
 """
 
 from __future__ import annotations
@@ -200,7 +202,10 @@ def _verdict(h: Hypothesis, estimate: PairedEstimate, p_adjusted: float, n_to_de
         return "not tested (too few units for a test)"
     if h.kind == "equivalence":
         margin = h.size(estimate.baseline)
-        return f"equivalent within ±{margin:.4g}" if p_adjusted < alpha else "not shown equivalent"
+        if p_adjusted < alpha:
+            return f"equivalent within ±{margin:.4g}"
+        outside = estimate.ci_low > margin or estimate.ci_high < -margin
+        return f"contradicts (differs by more than ±{margin:.4g})" if outside else "not shown equivalent"
     if p_adjusted < alpha:
         better = estimate.delta < 0 if h.direction == "lower" else estimate.delta > 0
         return "holds" if better else "contradicts"
@@ -259,7 +264,7 @@ def evaluate(stats: Statistics, ok: pd.DataFrame, declaration: Declaration) -> p
         estimate = record.pop("_estimate", None)
         if estimate is not None:
             record["verdict"] = _verdict(h, estimate, record["p_adjusted"], record["n_to_decide"])
-    return pd.DataFrame(records, columns=COLUMNS)
+    return pd.DataFrame(records, columns=COLUMNS).astype({"n": "Int64", "n_to_decide": "Int64"})
 
 
 def _number(value: Any, digits: int = 4) -> str:
@@ -277,7 +282,8 @@ def verdicts_section(frame: pd.DataFrame, declaration: Declaration) -> Section:
         "are one family, Holm-adjusted; the others are exploratory (Benjamini–Hochberg among themselves). "
         "Δ is config − reference in the metric's raw units with its 95 % CI; p is two-sided (superiority) "
         "or the larger one-sided p against ±margin (equivalence); 'n to decide' is the n that detects the "
-        "declared effect (or shows equivalence within the margin) with 80 % power."
+        "declared effect with 80 % power (equivalence: shows it within the margin if the true difference "
+        "is 0)."
     )
     headers = ["hypothesis", "claim", "comparison", "declared", "Δ [95 % CI]", "p (adjusted)", "verdict"]
     headers += ["n", "n to decide", "commit"]

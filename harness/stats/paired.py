@@ -31,6 +31,9 @@ from scipy.stats import t as student_t
 from harness.stats.samples import CORPUS_AGGREGATIONS, aggregate
 
 POWER = 0.80
+MIN_TAIL_P = (
+    1e-12  # an extrapolated normal tail says nothing reliable below this; p = 0 would claim certainty
+)
 MAX_SCALED_RESAMPLES = 20_000  # 4 x 250 tests / 0.05; a corpus bootstrap of 100 documents: ~0.1 s each
 _MAX_DRAWS = 4_000_000  # values drawn per chunk of resamples (32 MB of int64/float64)
 
@@ -181,11 +184,12 @@ def draws_ci_p(draws: np.ndarray, confidence: float) -> tuple[float, float, floa
 
     p is twice the share of draws on the far side of zero (a draw at exactly zero counts on both sides).
     When no draw is beyond zero the count says only p < 1/B; p is then the smaller of 1/B and the two-sided
-    normal tail of zero under the draws' mean and spread, so a multiplicity correction over many tests
-    can still reject a clear difference. The CI's ends are the ``k``-th smallest and largest draws,
-    ``k = ceil(alpha / 2 * B)``. Then the CI excludes zero exactly when p < alpha: ``low > 0`` ⇔ fewer than
-    ``k`` draws are <= 0 ⇔ fewer than ``alpha / 2 * B`` are (and p <= 1/B < alpha when none is). The
-    interpolated percentile CI broke this at the boundary (50 of 2,000 draws <= 0: CI above zero, p 0.05).
+    normal tail of zero under the draws' mean and spread (at least :data:`MIN_TAIL_P`), so a multiplicity
+    correction over many tests can still reject a clear difference. The CI's ends are the ``k``-th
+    smallest and largest draws, ``k = ceil(alpha / 2 * B)``. Then the CI excludes zero exactly when
+    p < alpha: ``low > 0`` ⇔ fewer than ``k`` draws are <= 0 ⇔ fewer than ``alpha / 2 * B`` are (and
+    p <= 1/B < alpha when none is). The interpolated percentile CI broke this at the boundary (50 of 2,000
+    draws <= 0: CI above zero, p 0.05).
     """
     ordered = np.sort(draws)
     size = ordered.size
@@ -198,7 +202,7 @@ def draws_ci_p(draws: np.ndarray, confidence: float) -> tuple[float, float, floa
         return low, high, float(min(1.0, 2 * far_side / size))
     spread = float(ordered.std(ddof=1))
     tail = 2 * NormalDist().cdf(-abs(float(ordered.mean())) / spread) if spread > 0 else 0.0
-    return low, high, min(1 / size, tail)
+    return low, high, min(1 / size, max(tail, MIN_TAIL_P))
 
 
 def resample_stats(
