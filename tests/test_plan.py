@@ -146,9 +146,10 @@ def test_bad_device_and_missing_config_fail_clearly(tmp_path, capsys):
     assert main(["plan.device=a200"]) == 2
     assert main(["plan.memory_gib=-3"]) == 2
     assert main(["plan.gpu=a10"]) == 2
+    assert main(["model=nope", "plan.device=a10"]) == 2  # Hydra lists the model options
     err = capsys.readouterr().err
     assert "'a200' is not a known device" in err and "plan.memory_gib='-3' is not allowed" in err
-    assert "unknown setting 'plan.gpu'" in err
+    assert "unknown setting 'plan.gpu'" in err and "Could not find 'model/nope'" in err
 
 
 def test_a_shipped_config_plans_but_does_not_run(job_config):

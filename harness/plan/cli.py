@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from hydra.errors import HydraException
+
 from harness.plan.compose import compose_jobs
 from harness.plan.devices import DEVICES, GIB, DeviceError, device_spec
 from harness.plan.predict import JobPlan, plan_job
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     try:
         settings, plans = plan_jobs(args)
-    except (PlanInputError, DeviceError, ModelConfigError, ValueError) as exc:
+    except (PlanInputError, DeviceError, ModelConfigError, ValueError, HydraException) as exc:
         print(f"qlora-plan: {exc}\n{USAGE}", file=sys.stderr)
         return 2
     print("\n\n".join(render(p) for p in plans))
