@@ -6,8 +6,8 @@ kept the codebook types at 2.0-2.3x bitsandbytes NF4's layer time in bf16 (repor
 This module compiles one small C loop with the system C compiler on first use (the way bitsandbytes
 loads its library: ctypes, plain C, no torch headers, well under a second) into a per-user cache and
 runs it on torch's CPU threads. Per block it forms the 16 products level * scale in fp32 once and
-rounds each to the output dtype once (bf16 by round-half-even, as torch's cast), then writes two values
-per byte from that table: the same values as the torch path, bit for bit (tested).
+rounds each to the output dtype once (bf16 by round-half-even, as torch's cast), then writes both values
+of a byte with one store from that table: the same values as the torch path, bit for bit (tested).
 
 Where no compiler is found or compiling fails, ``decode_pairs`` returns None and callers keep the torch
 path, so nothing needs the compiler to work. ``QLORA_BENCH_NATIVE=0`` turns the compiled path off.
@@ -31,34 +31,38 @@ _SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
-static inline uint16_t bf16_rne(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+static inline uint32_t bits_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline uint32_t bits_bf16(float f) {
+    uint32_t u = bits_f32(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u; /* NaN stays NaN */
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;                 /* round half to even */
+}
+static inline uint32_t bits_f16(float f) {
+    _Float16 h = (_Float16)f; /* round half to even */
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
 }
 
-#define DECODE(NAME, T, CONVERT)                                                              \
-    void NAME(const uint8_t *packed, const float *scale, const float *levels, T *out,         \
-              int64_t first, int64_t count, int64_t half) {                                   \
-        for (int64_t b = first; b < first + count; b++) {                                     \
-            T table[16];                                                                      \
-            for (int k = 0; k < 16; k++) table[k] = CONVERT(levels[k] * scale[b]);             \
-            const uint8_t *p = packed + b * half;                                             \
-            T *o = out + 2 * b * half;                                                        \
-            for (int64_t j = 0; j < half; j++) {                                              \
-                o[2 * j] = table[p[j] >> 4];                                                  \
-                o[2 * j + 1] = table[p[j] & 15];                                              \
-            }                                                                                 \
-        }                                                                                     \
+/* Per block: the 16 values level * scale rounded once to the output type (as bits), then per byte one
+   store of both values: element 2j (high nibble) at the lower address, little-endian. */
+#define DECODE(NAME, PAIR, WIDTH, BITS)                                                       \
+    void NAME(const uint8_t *restrict packed, const float *restrict scale,                     \
+              const float *restrict levels, PAIR *restrict out, int64_t first, int64_t count,  \
+              int64_t half) {                                                                  \
+        for (int64_t b = first; b < first + count; b++) {                                      \
+            PAIR table[16];                                                                    \
+            for (int k = 0; k < 16; k++) table[k] = BITS(levels[k] * scale[b]);                \
+            const uint8_t *p = packed + b * half;                                              \
+            PAIR *o = out + b * half;                                                          \
+            for (int64_t j = 0; j < half; j++)                                                 \
+                o[j] = table[p[j] >> 4] | (table[p[j] & 15] << WIDTH);                         \
+        }                                                                                      \
     }
 
-#define SAME(x) (x)
-#define HALF(x) ((_Float16)(x))
-DECODE(decode_f32, float, SAME)
-DECODE(decode_bf16, uint16_t, bf16_rne)
-DECODE(decode_f16, _Float16, HALF)
+DECODE(decode_f32, uint64_t, 32, bits_f32)
+DECODE(decode_bf16, uint32_t, 16, bits_bf16)
+DECODE(decode_f16, uint32_t, 16, bits_f16)
 """
 _FUNCTIONS = {torch.float32: "decode_f32", torch.bfloat16: "decode_bf16", torch.float16: "decode_f16"}
 _FLAGS = ("-O3", "-shared", "-fPIC")
