@@ -47,7 +47,8 @@ CPU_RUNTIME_BYTES = 74 * MIB
 # fp32 runs MKL's sgemm and has no such term. Counted as one new shape per micro-batch.
 KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
 # cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
-# (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold.
+# (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold. Fitted on
+# SmolLM2; a GPT-NeoX's heap kept as much with few such tensors (reports/plan/README.md): an open term.
 HEAP_RETAINED = 2.0
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
