@@ -275,7 +275,16 @@ def test_environment_caveats_and_sources_are_reported(report: tuple[int, str, Pa
 
 
 @pytest.mark.parametrize(
-    "name", ["score_by_storage", "bits_vs_score", "memory_vs_score", "loss_curves", "throughput_by_storage"]
+    "name",
+    [
+        "score_by_storage",
+        "bits_vs_score",
+        "memory_vs_score",
+        "loss_curves",
+        "throughput_by_storage",
+        "forest",
+        "pairwise",
+    ],
 )
 def test_figures_are_real_images(report: tuple[int, str, Path], name: str) -> None:
     png = report[2] / "figures" / f"{name}.png"
@@ -296,7 +305,7 @@ def test_figures_that_need_a_varied_setting_are_not_drawn(report: tuple[int, str
 
 def test_html_is_self_contained_with_the_same_numbers(report: tuple[int, str, Path]) -> None:
     html = (report[2] / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == len(list((report[2] / "figures").glob("*.png"))) == 7
     assert "http" not in html.replace("http-equiv", "")
     assert "<link" not in html and "<script" not in html
     assert f"<strong>{mean_ci([430.0, 431.0], 1)}</strong>" in html
@@ -392,14 +401,12 @@ def test_training_columns_only_for_jobs_that_trained() -> None:
     assert {m.role for m in metrics} == {"bits"}
 
 
-def test_unclear_difference_says_how_many_seeds_would_tell(report: tuple[int, str, Path]) -> None:
-    """nf4 vs fp4 on ARC over 2 seeds is not significant; the finding says how much data would settle it."""
-    out = report[2]
-    table = pd.read_csv(out / "comparisons.csv")
-    row = table[(table["config"] == "nf4") & (table["reference"] == "fp4") & (table["metric"] == "acc_norm")]
-    (n, delta, mde, significant) = row[["n", "delta", "mde", "significant"]].iloc[0]
-    assert not significant and n == 2
-    needed = math.ceil(n * (mde / abs(delta)) ** 2)
-    line = next(x for x in (out / "report.md").read_text().splitlines() if x.startswith("- nf4 vs fp4, arc"))
-    assert "no significant difference at n=2 seeds" in line
-    assert f"MDE {100 * mde:.1f} points; ≈{needed} seeds would detect a difference this size" in line
+def test_paired_comparisons_are_pictures_and_a_few_lines(report: tuple[int, str, Path]) -> None:
+    """The pairwise sentences gave way to a forest plot, the pairwise matrices and one line per metric."""
+    markdown = (report[2] / "report.md").read_text()
+    section = markdown.split("## Paired comparisons")[1].split("\n## ")[0]
+    assert "(figures/forest.png)" in section and "(figures/pairwise.png)" in section
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert any(line.startswith("- arc_easy acc_norm: ") and "pairs in all" in line for line in lines)
+    assert len(lines) <= 6
+    assert "## Findings" not in markdown

@@ -229,22 +229,17 @@ def test_settings_that_do_not_apply_read_n_a(report: Path) -> None:
     assert sorted(r[1] for r in rows if r[0] == "nf4") == ["False", "True"]
 
 
-def test_findings_state_each_comparison_in_words(report: Path) -> None:
+def test_paired_comparisons_are_a_forest_plot_a_matrix_and_a_line_per_metric(report: Path) -> None:
+    """Instead of one sentence per pair: the pictures, and per metric how many differences are significant."""
     markdown = (report / "report.md").read_text()
-    findings = markdown.split("## Findings")[1].split("## Figures")[0]
-    assert "Against the reference (bf16):" in findings
-    drop = 100 * (arc_correct("fp4")[:FP4_DOCS] - arc_correct("bf16")[:FP4_DOCS]).mean()
-    fp4 = next(line for line in findings.splitlines() if line.startswith(f"- fp4 vs bf16, {ARC} acc_norm"))
-    assert f": {drop:+.1f} points [".replace("-", "−") in fp4 and "p < 0.001" in fp4
-    assert "n=300 documents; paired on the 300 shared documents" in fp4
-    nf4 = next(
-        line
-        for line in findings.splitlines()
-        if line.startswith(f"- nf4 + double_quant vs bf16, {ARC} acc_norm")
-    )
-    assert "no significant difference at n=400 documents" in nf4 and "MDE" in nf4
-    assert "training loss per step after warm-up" in findings
-    assert "Other pairs:" in findings
+    section = markdown.split("## Paired comparisons")[1].split("\n## ")[0]
+    assert "Each configuration against the reference (bf16)" in section
+    assert "(figures/forest.png)" in section and "(figures/pairwise.png)" in section
+    assert (report / "figures" / "forest.png").is_file() and (report / "figures" / "pairwise.png").is_file()
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    arc = next(line for line in lines if line.startswith(f"- {ARC.removesuffix('_local')} acc_norm: "))
+    assert "configurations differ significantly from the reference" in arc and "pairs in all" in arc
+    assert any(line.startswith("- training loss per step after warm-up: ") for line in lines)
 
 
 def test_report_directory_holds_every_jobs_samples(report: Path, sweep: Path) -> None:

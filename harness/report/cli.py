@@ -16,8 +16,20 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report.comparisons import SelectorError, Statistics, compute_statistics, select_reference
-from harness.report.figures import SavedFigure, draw_figures
-from harness.report.load import LoadedResults, PoolError, load_results, ok_jobs, pool_samples, write_table
+from harness.report.figures import PAIRED_FIGURES, SavedFigure, draw_figures
+from harness.report.load import (
+    RESULTS_FILE,
+    LoadedResults,
+    PoolError,
+    ReportFolderError,
+    load_results,
+    ok_jobs,
+    pool_samples,
+    portable,
+    read_report,
+    write_samples_table,
+    write_table,
+)
 from harness.report.metrics import configurations, key_header, label, metric_frame, row_keys, show
 from harness.report.render import (
     Block,
@@ -31,25 +43,33 @@ from harness.report.render import (
     render_html,
     render_markdown,
 )
-from harness.report.summary import findings, summarize
+from harness.report.summary import paired_summary, summarize
 from harness.report.verdicts import report_verdicts
-from harness.stats import Bootstrap, load_samples, write_report_samples
+from harness.stats import Bootstrap, load_samples
 from harness.stats.paired import DEFAULT_BOOTSTRAP, add_bootstrap_options, bootstrap_from_args
 
 _MESSAGE_CHARS = 300
 
 
-def _overview(table: pd.DataFrame, ok: pd.DataFrame, dirs: Sequence[str]) -> Section:
-    return Section(
-        "Overview",
-        [
-            Paragraph(
-                f"Jobs read: {len(table)} ({len(ok)} finished, {len(table) - len(ok)} failed). "
-                "Directories searched for result.json:"
-            ),
-            Bullets([str(d) for d in dirs], code=True),
-        ],
-    )
+def _shown_dir(path: str) -> str:
+    """A searched directory as the report names it: never a machine's absolute path."""
+    if not os.path.isabs(path):
+        return path
+    inside = Path(path).resolve().is_relative_to(Path.cwd().resolve())
+    return os.path.relpath(Path(path).resolve(), Path.cwd().resolve()) if inside else Path(path).name
+
+
+def _overview(table: pd.DataFrame, ok: pd.DataFrame, dirs: Sequence[str], rebuilt: bool) -> Section:
+    counts = f"Jobs read: {len(table)} ({len(ok)} finished, {len(table) - len(ok)} failed)."
+    if rebuilt:
+        where = (
+            f"{counts} Rebuilt from the report folder's committed {RESULTS_FILE} and samples.parquet (the "
+            "runs' own result.json files are not committed); every job keeps the commit, machine and date it "
+            "recorded (Environment). Job directories are named relative to their sweep folder. Folder:"
+        )
+    else:
+        where = f"{counts} Directories searched for result.json:"
+    return Section("Overview", [Paragraph(where), Bullets([_shown_dir(str(d)) for d in dirs], code=True)])
 
 
 def _results(ok: pd.DataFrame, keys: list[str], stats: Statistics | None) -> list[Section]:
@@ -69,15 +89,34 @@ def _results(ok: pd.DataFrame, keys: list[str], stats: Statistics | None) -> lis
         Paragraph("Where each number comes from, row by row (job directories):"),
         Bullets(summary.sources),
     ]
+    return [Section("Results", blocks)]
+
+
+def _image(figure: SavedFigure, out: Path) -> Image:
+    return Image(str(figure.png.relative_to(out)), figure.caption)
+
+
+def _paired(
+    ok: pd.DataFrame, stats: Statistics | None, figures: list[SavedFigure], out: Path
+) -> list[Section]:
+    """A few lines on what was compared and how, then the forest plot and the pairwise matrices."""
+    if stats is None:
+        return []
     _, metrics = metric_frame(ok)
-    return [Section("Results", blocks), Section("Findings", findings(stats, metrics))]
+    shown = [_image(f, out) for f in figures if f.name in PAIRED_FIGURES]
+    return [Section("Paired comparisons", [*paired_summary(stats, metrics), *shown])]
 
 
 def _figures(figures: list[SavedFigure], out: Path) -> Section:
-    if not figures:
+    others = [f for f in figures if f.name not in PAIRED_FIGURES]
+    if not others:
         return Section("Figures", [Paragraph("No figure: the results hold nothing the figures need.")])
-    blocks: list[Block] = [Image(str(f.png.relative_to(out)), f.caption) for f in figures]
-    return Section("Figures", [*blocks, Paragraph("Each figure is also saved as SVG next to its PNG.")])
+    blocks: list[Block] = [_image(f, out) for f in others]
+    blocks.append(Paragraph("Each figure is also saved as SVG next to its PNG."))
+    problems = [f"{f.name}: {p}" for f in figures for p in f.problems]
+    if problems:
+        blocks += [Paragraph("Legibility check (text extents after drawing) found:"), Bullets(problems)]
+    return Section("Figures", blocks)
 
 
 def _error_text(job: pd.Series) -> str:
@@ -133,16 +172,19 @@ def build_document(
     stats: Statistics | None,
     figures: list[SavedFigure],
     out: Path,
+    rebuilt: bool = False,
 ) -> Document:
-    """The whole report: overview, results table, findings, figures, failures, environment, caveats."""
+    """The whole report: overview, results table, paired comparisons, figures, failures, environment,
+    caveats."""
     table = loaded.table
     ok = ok_jobs(table)
     failed = table[table.get("status", pd.Series(index=table.index)) != "ok"]
     keys = row_keys(ok if not ok.empty else table)
     sections = [
         *report_verdicts(stats, ok, [out, *dirs], out),
-        _overview(table, ok, dirs),
+        _overview(table, ok, dirs, rebuilt),
         *_results(ok, keys, stats),
+        *_paired(ok, stats, figures, out),
         _figures(figures, out),
         _failed(failed, keys),
     ]
@@ -173,6 +215,7 @@ class ReportPaths:
     html: Path
     figures: list[Path]
     skipped: list[str]
+    figure_problems: list[str]  # legibility problems found in the saved figures (also listed in the report)
 
 
 def default_out(dirs: Sequence[str | os.PathLike]) -> Path:
@@ -182,14 +225,54 @@ def default_out(dirs: Sequence[str | os.PathLike]) -> Path:
 
 
 def _statistics(
-    ok: pd.DataFrame, samples: dict[str, pd.DataFrame], reference: str | None, bootstrap: Bootstrap
+    ok: pd.DataFrame,
+    samples: dict[str, pd.DataFrame],
+    reference: str | None,
+    bootstrap: Bootstrap,
+    reference_row: str | None = None,
 ) -> Statistics | None:
-    """Rows, reference and paired comparisons of the finished jobs; None when no job finished."""
+    """Rows, reference and paired comparisons of the finished jobs; None when no job finished.
+
+    ``reference_row`` (a row name, a rebuilt report's former reference) applies when no selector is given.
+    """
     if ok.empty:
         return None
     rows = configurations(ok, row_keys(ok))
-    chosen = select_reference(ok, rows, reference)
+    named = [i for i, row in enumerate(rows) if reference is None and row.name == reference_row]
+    chosen = named[0] if named else select_reference(ok, rows, reference)
     return compute_statistics(ok, rows, samples, chosen, bootstrap)
+
+
+def committed_reference(folder: Path) -> str | None:
+    """The reference row of a report folder's comparisons: the one every other row was compared with."""
+    path = folder / "comparisons.parquet"
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path, columns=["config", "reference"])
+    names = set(frame["config"]) | set(frame["reference"])
+    for name in frame["reference"].unique():
+        if set(frame.loc[frame["reference"] == name, "config"]) | {name} == names:
+            return str(name)
+    return None
+
+
+def _read(
+    dirs: Sequence[str | os.PathLike], from_report: Path | None
+) -> tuple[LoadedResults, dict[str, pd.DataFrame]]:
+    """The jobs and their per-sample results, from result.json files under ``dirs`` or a report folder."""
+    if from_report is not None:
+        try:
+            table, samples = read_report(from_report)
+        except ReportFolderError as exc:
+            raise NoResultsError(str(exc)) from exc
+        return LoadedResults(table), samples
+    if not dirs:
+        raise NoResultsError("no directory given")
+    loaded = load_results(dirs)
+    if loaded.table.empty:
+        searched = ", ".join(str(d) for d in dirs)
+        raise NoResultsError(f"no readable result.json under {searched}", loaded.errors)
+    return loaded, load_samples(loaded.table, source=None)
 
 
 def build_report(
@@ -198,6 +281,7 @@ def build_report(
     reference: str | None = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     pools: dict[str, list[str]] | None = None,
+    from_report: str | os.PathLike | None = None,
 ) -> ReportPaths:
     """Read every ``result.json`` under ``dirs`` and write the report into ``out`` (default: the first dir).
 
@@ -209,29 +293,46 @@ def build_report(
     :class:`SelectorError` when ``reference`` does not pick exactly one row, before writing anything.
     ``pools`` (``{name: tasks}``) adds each pool's accuracy over all its tasks' documents as one more task
     (:func:`harness.report.load.pool_samples`; :class:`PoolError` when a pool names tasks no job scored).
+
+    ``from_report`` rebuilds a report from a report folder instead (its results.parquet and samples.parquet,
+    written by this function, pools included; default ``out``: that folder; default reference: the one it
+    used). Job paths
+    are written relative to their sweep folder, so no report names a machine's absolute path.
     """
-    if not dirs:
-        raise NoResultsError("no directory given")
-    loaded = load_results(dirs)
-    if loaded.table.empty:
-        searched = ", ".join(str(d) for d in dirs)
-        raise NoResultsError(f"no readable result.json under {searched}", loaded.errors)
-    table, samples = pool_samples(loaded.table, load_samples(loaded.table, source=None), pools or {})
+    pools = pools or {}
+    folder = Path(from_report) if from_report is not None else None
+    loaded, samples = _read(dirs, folder)
+    table, samples = portable(loaded.table, samples)
+    table, pooled = pool_samples(table, samples, pools)
     loaded = LoadedResults(table, loaded.errors)
     ok = ok_jobs(table)
-    stats = _statistics(ok, samples, reference, bootstrap)
-    out = Path(out) if out is not None else default_out(dirs)
+    former = committed_reference(folder) if folder is not None else None
+    stats = _statistics(ok, pooled, reference, bootstrap, former)
+    out = Path(out) if out is not None else folder if folder is not None else default_out(dirs)
     out.mkdir(parents=True, exist_ok=True)
     parquet, csv = write_table(loaded.table, out, "results")
     comparisons = list(write_table(stats.frame(), out, "comparisons")) if stats else []
-    samples = write_report_samples(ok, out)
+    finished = {str(job) for job in ok.get("job_dir", [])}
+    samples_path = write_samples_table({j: f for j, f in pooled.items() if j in finished}, out)
     figures = draw_figures(ok, stats, out / "figures")
-    document = build_document(loaded, [str(d) for d in dirs], stats, figures, out)
+    searched = [str(folder)] if folder is not None else [str(d) for d in dirs]
+    document = build_document(loaded, searched, stats, figures, out, rebuilt=folder is not None)
     markdown, html = out / "report.md", out / "report.html"
     markdown.write_text(render_markdown(document), encoding="utf-8")
     html.write_text(render_html(document, out), encoding="utf-8")
-    figure_paths = [f.png for f in figures]
-    return ReportPaths(out, parquet, csv, comparisons, samples, markdown, html, figure_paths, loaded.errors)
+    problems = [f"{f.png}: {p}" for f in figures for p in f.problems]
+    return ReportPaths(
+        out,
+        parquet,
+        csv,
+        comparisons,
+        samples_path,
+        markdown,
+        html,
+        [f.png for f in figures],
+        loaded.errors,
+        problems,
+    )
 
 
 EXIT_NO_RESULTS = 2
@@ -245,7 +346,8 @@ outputs (in OUT):
                                 (paired over documents, seeds or training steps)
   samples.parquet               the jobs' per-sample results in one file (job_dir column)
   report.md                     results table (mean [95 % CI]; bold only when significantly better than
-                                every other row), findings in words, failed jobs, environment, caveats
+                                every other row), paired comparisons (forest plot, pairwise matrices),
+                                figures, failed jobs, environment, caveats
   report.html                   the same with the figures embedded; one file that opens offline
   figures/*.png, figures/*.svg  only the figures the results support (e.g. block size only when it varies)
 
@@ -256,6 +358,7 @@ exit status:
 
 examples:
   qlora-report runs/datatypes -o reports/datatypes
+  qlora-report --from-report reports/datatypes      (rebuild from the committed tables)
   qlora-report runs/datatypes -o reports/datatypes --reference "quant.storage=nf4 quant.double_quant=true"
   qlora-report runs/zeroshot -o reports/zeroshot \
     --pool zeroshot_mean=arc_easy_local,arc_challenge_local,piqa_local,winogrande_local,hellaswag_local
@@ -271,7 +374,15 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "dirs", nargs="+", metavar="DIR", help="sweep or job directory (searched recursively)"
+        "dirs", nargs="*", metavar="DIR", help="sweep or job directory (searched recursively)"
+    )
+    parser.add_argument(
+        "--from-report",
+        metavar="FOLDER",
+        default=None,
+        help="rebuild the report of a report folder from its results.parquet and samples.parquet instead "
+        "of reading result.json files (keeps each job's recorded commit, machine and date; default OUT: "
+        "FOLDER; default --reference: the row FOLDER's comparisons used)",
     )
     parser.add_argument(
         "-o",
@@ -320,8 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     bootstrap = bootstrap_from_args(parser, args)
+    if bool(args.dirs) == (args.from_report is not None):
+        parser.error("give either DIR... (result.json files) or --from-report FOLDER, not both or neither")
+    pools = _pools(parser, args.pool)
     try:
-        paths = build_report(args.dirs, args.out, args.reference, bootstrap, _pools(parser, args.pool))
+        paths = build_report(args.dirs, args.out, args.reference, bootstrap, pools, args.from_report)
     except NoResultsError as exc:
         _warn_skipped(exc.skipped)
         print(f"qlora-report: {exc}", file=sys.stderr)
@@ -335,6 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if paths.samples is not None:
         print(f"qlora-report: per-sample results of every job in {paths.samples}")
     print(f"qlora-report: {len(paths.figures)} figures in {paths.out / 'figures'}")
+    for problem in paths.figure_problems:
+        print(f"qlora-report: warning: figure legibility: {problem}", file=sys.stderr)
     return 0
 
 

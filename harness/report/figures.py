@@ -21,7 +21,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from harness.report.comparisons import Statistics
+from harness.report.legibility import figure_text_problems, fit_text, place_labels
 from harness.report.metrics import HIGHER, Metric, config_labels, metric_frame, row_keys, show
+from harness.report.pairwise import forest_figure, matrix_figure
+from harness.report.style import display, panels, storage_colour
 
 STORAGE, BLOCKSIZE, DOUBLE_QUANT = (
     "config.quant.storage",
@@ -38,6 +41,7 @@ _AXIS_NAMES = {
     TARGETS: "LoRA targets",
 }
 _LOSS = "training loss (nats)"
+_HATCH = "///"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class PlotData:
     keys: list[str]  # the config columns the jobs differ in (``variant`` joins their values)
     metrics: list[Metric]
     losses: pd.DataFrame  # job, variant, step, training loss
+    stats: Statistics
 
     def varies(self, column: str | None) -> bool:
         return column is not None and column in self.rows and self.rows[column].nunique() > 1
@@ -85,10 +90,13 @@ class PlotData:
 
 @dataclass(frozen=True)
 class SavedFigure:
+    """A figure as saved; ``problems`` are the legibility problems found in it (none, normally)."""
+
     name: str
     png: Path
     svg: Path
     caption: str
+    problems: list[str]
 
 
 def _low(metric: Metric) -> str:
@@ -144,18 +152,7 @@ def plot_data(ok: pd.DataFrame, stats: Statistics) -> PlotData:
     values, metrics = metric_frame(ok)
     frame = pd.concat([config, values], axis=1).assign(variant=variants, job=ok["job_dir"])
     rows = _row_frame(values, metrics, keys, stats)
-    return PlotData(frame, rows, keys, metrics, _loss_rows(ok, frame["variant"]))
-
-
-def _panels(count: int, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list[Axes]]:
-    """A figure with ``count`` panels, at most three to a row."""
-    ncols = min(count, 3)
-    nrows = math.ceil(count / ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
-    for ax in axes[count:]:
-        ax.set_visible(False)
-    return fig, axes[:count]
+    return PlotData(frame, rows, keys, metrics, _loss_rows(ok, frame["variant"]), stats)
 
 
 def _legend_outside(fig: Figure, axes: list[Axes], title: str | None) -> None:
@@ -178,9 +175,14 @@ def _legend_outside(fig: Figure, axes: list[Axes], title: str | None) -> None:
         )
 
 
-def _per_metric(metrics: list[Metric], draw: Callable[[Axes, Metric], None], legend: str | None) -> Figure:
+def _per_metric(
+    metrics: list[Metric],
+    draw: Callable[[Axes, Metric], None],
+    legend: str | None,
+    size: tuple[float, float] = (4.6, 3.6),
+) -> Figure:
     """One panel per metric (one per task for scores), drawn by ``draw``; one legend outside."""
-    fig, axes = _panels(len(metrics))
+    fig, axes = panels(len(metrics), *size)
     for ax, metric in zip(axes, metrics, strict=True):
         draw(ax, metric)
     _legend_outside(fig, axes, legend)
@@ -195,9 +197,10 @@ def _log2_axis(ax: Axes, values: pd.Series) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def _label_axes(ax: Axes, x: str, metric: Metric, held: str) -> None:
-    ax.set_xlabel(_AXIS_NAMES[x])
-    ax.set_ylabel(metric.header)
+def _label_axes(ax: Axes, x: str, y: str, held: str) -> None:
+    """Axis labels as a reader reads them (``fit_text`` wraps them to the panel later)."""
+    ax.set_xlabel(display(x))
+    ax.set_ylabel(display(y))
     if held:
         ax.set_title(f"at {held}", fontsize=9)
 
@@ -210,31 +213,51 @@ def _yerr(rows: pd.DataFrame, metric: Metric) -> np.ndarray:
     return np.vstack([below, above])
 
 
-def _bars(data: PlotData, x: str, metric: Metric, ax: Axes) -> None:
-    """One bar per configuration with its 95 % interval, grouped by ``x``; every job as a dot."""
-    hue = data.hue(DOUBLE_QUANT) if x == STORAGE else None
-    rows, held = data.held_fixed([x, hue])
-    rows = rows.sort_values([x, hue] if hue else [x])
-    levels = list(dict.fromkeys(rows[x]))
-    hues = sorted(rows[hue].unique()) if hue else []
-    colours = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1)), strict=False))
-    width = 0.8 / max(rows.groupby(x).size().max(), 1)
-    # Bars of one x level sit side by side, centred: a level with fewer settings leaves no gaps.
-    rank = rows.groupby(x).cumcount().to_numpy()
-    count = rows.groupby(x)[x].transform("size").to_numpy()
-    positions = np.array([levels.index(v) for v in rows[x]]) + (rank - (count - 1) / 2) * width
-    colour = [colours[h] for h in rows[hue]] if hue else sns.color_palette()[0]
-    ax.bar(positions, rows[metric.header], width * 0.95, color=colour, alpha=0.8)
+def _colours(rows: pd.DataFrame) -> list[str]:
+    """Each row's storage-type colour (the one palette of :mod:`harness.report.style`)."""
+    storage = rows[STORAGE] if STORAGE in rows else pd.Series("", index=rows.index)
+    return [storage_colour(str(s)) for s in storage]
+
+
+def _double_quant(rows: pd.DataFrame, split: str | None) -> list[bool]:
+    return [split is not None and v == "True" for v in rows.get(split, pd.Series(index=rows.index))]
+
+
+def _bar_rows(data: PlotData) -> int:
+    """How many bars a storage panel holds: its height follows, so bars and names never crowd."""
+    split = data.hue(DOUBLE_QUANT)
+    return len(data.held_fixed([STORAGE, split])[0])
+
+
+def _bars(data: PlotData, level: str, metric: Metric, ax: Axes) -> None:
+    """One horizontal bar per configuration with its 95 % interval, one axis row per ``level`` value (names
+    read horizontally, one per row, so they cannot collide); colour: storage type, hatched: double
+    quantization; every job as a dot."""
+    split = data.hue(DOUBLE_QUANT) if level == STORAGE else None
+    rows, held = data.held_fixed([level, split])
+    rows = rows.sort_values([level, split] if split else [level])
+    levels = list(dict.fromkeys(rows[level]))
+    height = 0.8 / max(rows.groupby(level).size().max(), 1)
+    # Bars of one level sit side by side, centred: a level with fewer settings leaves no gaps.
+    rank = rows.groupby(level).cumcount().to_numpy()
+    count = rows.groupby(level)[level].transform("size").to_numpy()
+    positions = np.array([levels.index(v) for v in rows[level]]) + (rank - (count - 1) / 2) * height
+    bars = ax.barh(positions, rows[metric.header], height * 0.95, color=_colours(rows), alpha=0.85)
+    for bar, hatched in zip(bars.patches, _double_quant(rows, split), strict=True):
+        if hatched:
+            bar.set_hatch(_HATCH)
+            bar.set_edgecolor("white")
     ax.errorbar(
-        positions, rows[metric.header], yerr=_yerr(rows, metric), fmt="none", ecolor="black", capsize=3
+        rows[metric.header], positions, xerr=_yerr(rows, metric), fmt="none", ecolor="black", capsize=3
     )
     place = dict(zip(rows["variant"], positions, strict=True))
     jobs = data.jobs_of(rows["variant"])
-    ax.scatter(jobs["variant"].map(place), jobs[metric.header], s=10, color="black", zorder=3)
-    for level in hues:
-        ax.bar([0], [0], 0, color=colours[level], label=level)  # legend entry only
-    ax.set_xticks(range(len(levels)), levels)
-    _label_axes(ax, x, metric, held)
+    ax.scatter(jobs[metric.header], jobs["variant"].map(place), s=10, color="black", zorder=3)
+    if any(_double_quant(rows, split)):
+        ax.barh([0], [0], 0, color="grey", hatch=_HATCH, edgecolor="white", label="+ double quant")
+    ax.set_yticks(range(len(levels)), levels)
+    ax.set_ylim(len(levels) - 0.5, -0.5)  # first level on top, as in the table
+    _label_axes(ax, metric.header, _AXIS_NAMES[level], held)
 
 
 def _lines(data: PlotData, x: str, hue: str, metric: Metric, ax: Axes) -> None:
@@ -248,19 +271,26 @@ def _lines(data: PlotData, x: str, hue: str, metric: Metric, ax: Axes) -> None:
     groups = on_axis.groupby(hue) if data.varies(hue) else [("", on_axis)]
     for level, part in groups:
         part = part.sort_values(x)
+        colour = _colours(part)[0] if hue == STORAGE and data.varies(STORAGE) else None
         ax.errorbar(
-            part[x], part[metric.header], yerr=_yerr(part, metric), marker="o", capsize=3, label=show(level)
+            part[x],
+            part[metric.header],
+            yerr=_yerr(part, metric),
+            marker="o",
+            capsize=3,
+            color=colour,
+            label=show(level),
         )
-    for _, row in flat.iterrows():
+    for colour, (_, row) in zip(_colours(flat), flat.iterrows(), strict=True):
         ax.axhline(
             row[metric.header],
             ls="--",
             lw=1,
-            color="grey",
+            color=colour,
             label=f"{row['variant']} (no {_AXIS_NAMES[x].split(' (')[0]})",
         )
     _log2_axis(ax, on_axis[x])
-    _label_axes(ax, x, metric, held)
+    _label_axes(ax, _AXIS_NAMES[x], metric.header, held)
 
 
 def pareto_mask(x: Sequence[float], y: Sequence[float], higher_y_is_better: bool) -> list[bool]:
@@ -276,14 +306,30 @@ def pareto_mask(x: Sequence[float], y: Sequence[float], higher_y_is_better: bool
     return [not dominated(i) for i in range(len(x))]
 
 
-def _pareto(data: PlotData, cost: Metric, score: Metric, ax: Axes) -> None:
-    """Configuration means of cost against score; the Pareto front as a red step line with ringed points."""
+def _points_by_storage(means: pd.DataFrame, x: str, y: str, ax: Axes) -> None:
+    """One scatter per storage type in its colour; double-quantized rows as squares."""
+    split = DOUBLE_QUANT if DOUBLE_QUANT in means and means[DOUBLE_QUANT].nunique() > 1 else None
+    keys = [k for k in (STORAGE, split) if k is not None and k in means]
+    groups = means.groupby(keys, sort=True) if keys else [((), means)]
+    for _, part in groups:
+        squared = _double_quant(part, split)[0]
+        name = show(part[STORAGE].iloc[0]) if STORAGE in part else None
+        label = f"{name} + double quant" if squared else name
+        ax.scatter(
+            part[x], part[y], s=60, color=_colours(part)[0], marker="s" if squared else "o", label=label
+        )
+
+
+def _pareto(data: PlotData, cost: Metric, score: Metric, ax: Axes) -> tuple[list, list[str]]:
+    """Configuration means of cost against score; the Pareto front as a red step line with ringed points.
+
+    Returns the front's points and names, to be labelled once the figure is laid out.
+    """
     means = data.rows.dropna(subset=[cost.header, score.header])
-    hue = data.hue(STORAGE)
-    sns.scatterplot(means, x=cost.header, y=score.header, hue=hue, s=60, ax=ax)
     ax.errorbar(
         means[cost.header], means[score.header], yerr=_yerr(means, score), fmt="none", ecolor="grey", lw=1
     )
+    _points_by_storage(means, cost.header, score.header, ax)
     front = means[pareto_mask(list(means[cost.header]), list(means[score.header]), score.direction == HIGHER)]
     front = front.sort_values(cost.header)
     ax.plot(front[cost.header], front[score.header], drawstyle="steps-post", color="crimson", lw=1.2)
@@ -295,29 +341,33 @@ def _pareto(data: PlotData, cost: Metric, score: Metric, ax: Axes) -> None:
         edgecolors="crimson",
         label="Pareto front",
     )
-    for _, point in front.iterrows():
-        ax.annotate(
-            point["variant"],
-            (point[cost.header], point[score.header]),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
+    _label_axes(ax, cost.header, score.header, "")
+    return list(zip(front[cost.header], front[score.header], strict=True)), list(front["variant"])
 
 
 def _pareto_figure(data: PlotData, role: str) -> Figure | None:
     costs, scores = data.role(role), data.role("score")
     if not costs or not scores or data.rows[costs[0].header].count() < 2:
         return None
-    return _per_metric(scores, lambda ax, m: _pareto(data, costs[0], m, ax), _AXIS_NAMES[STORAGE])
+    fronts = []
+    fig = _per_metric(
+        scores, lambda ax, m: fronts.append((ax, *_pareto(data, costs[0], m, ax))), _AXIS_NAMES[STORAGE]
+    )
+    fit_text(fig)  # labels go where the final layout leaves room
+    for ax, points, names in fronts:
+        place_labels(ax, points, names, fontsize=7)
+    return fig
+
+
+def _storage_bars(data: PlotData, role: str) -> Figure | None:
+    if not data.varies(STORAGE) or not data.role(role):
+        return None
+    size = (4.6, max(2.4, 0.32 * _bar_rows(data) + 1.4))
+    return _per_metric(data.role(role), lambda ax, m: _bars(data, STORAGE, m, ax), None, size)
 
 
 def score_by_storage(data: PlotData) -> Figure | None:
-    if not data.varies(STORAGE) or not data.role("score"):
-        return None
-    return _per_metric(
-        data.role("score"), lambda ax, m: _bars(data, STORAGE, m, ax), _AXIS_NAMES[DOUBLE_QUANT]
-    )
+    return _storage_bars(data, "score")
 
 
 def score_vs_blocksize(data: PlotData) -> Figure | None:
@@ -344,23 +394,29 @@ def memory_vs_score(data: PlotData) -> Figure | None:
     return _pareto_figure(data, "memory")
 
 
+def _variant_colours(data: PlotData) -> dict[str, str] | None:
+    """Each row's storage colour when the rows differ in storage type only, else None (seaborn's cycle)."""
+    if not data.varies(STORAGE) or data.rows[STORAGE].nunique() < len(data.rows):
+        return None
+    return dict(zip(data.rows["variant"], _colours(data.rows), strict=True))
+
+
 def loss_curves(data: PlotData) -> Figure | None:
     if data.losses.empty:
         return None
-    fig, (ax,) = _panels(1, width=7.0, height=4.2)
+    fig, (ax,) = panels(1, 7.0, 4.2)
     hue = "variant" if data.losses["variant"].nunique() > 1 else None
-    sns.lineplot(data.losses, x="step", y=_LOSS, hue=hue, units="job", estimator=None, lw=1, ax=ax)
+    palette = _variant_colours(data) if hue else None
+    sns.lineplot(
+        data.losses, x="step", y=_LOSS, hue=hue, palette=palette, units="job", estimator=None, lw=1, ax=ax
+    )
     ax.set_xlabel("training step")
     _legend_outside(fig, [ax], " · ".join(k.removeprefix("config.") for k in data.keys))
     return fig
 
 
 def throughput_by_storage(data: PlotData) -> Figure | None:
-    if not data.varies(STORAGE) or not data.role("throughput"):
-        return None
-    return _per_metric(
-        data.role("throughput"), lambda ax, m: _bars(data, STORAGE, m, ax), _AXIS_NAMES[DOUBLE_QUANT]
-    )
+    return _storage_bars(data, "throughput")
 
 
 def error_vs_bits(data: PlotData) -> Figure | None:
@@ -368,10 +424,19 @@ def error_vs_bits(data: PlotData) -> Figure | None:
     errors, bits = data.role("weight_error"), data.role("bits")
     if not errors or not bits or data.rows[errors[0].header].count() < 2:
         return None
-    fig, (ax,) = _panels(1, width=6.0, height=4.2)
-    style = BLOCKSIZE if data.varies(BLOCKSIZE) else None
+    fig, (ax,) = panels(1, 6.0, 4.2)
+    names = {STORAGE: _AXIS_NAMES[STORAGE], BLOCKSIZE: "block size"}
+    rows = data.rows.rename(columns=names)
+    hue, style = data.hue(STORAGE), BLOCKSIZE if data.varies(BLOCKSIZE) else None
     sns.scatterplot(
-        data.rows, x=bits[0].header, y=errors[0].header, hue=data.hue(STORAGE), style=style, s=70, ax=ax
+        rows,
+        x=bits[0].header,
+        y=errors[0].header,
+        hue=names[hue] if hue else None,
+        palette={s: storage_colour(s) for s in data.rows[STORAGE]} if hue else None,
+        style=names[style] if style else None,
+        s=70,
+        ax=ax,
     )
     _legend_outside(fig, [ax], _AXIS_NAMES[STORAGE] if style is None else None)
     return fig
@@ -383,12 +448,47 @@ _BARS = (
     "bootstrap over the job's documents (>= 10), else lm-eval's stderr × 1.96; no bar where none exists"
 )
 
+_MARKS = (
+    "*: significant (p < 0.05, the comparisons table's `significant`); **: also after Benjamini–Hochberg "
+    "(q < 0.05) where the table has a q_value"
+)
+
+
+def _storages(data: PlotData) -> dict[str, str]:
+    """Row name → storage type, for colouring rows by storage in the comparison figures."""
+    return dict(zip(data.rows["variant"], data.rows[STORAGE], strict=True)) if STORAGE in data.rows else {}
+
+
+def forest(data: PlotData) -> Figure | None:
+    return forest_figure(data.stats, data.metrics, _storages(data))
+
+
+def pairwise(data: PlotData) -> Figure | None:
+    return matrix_figure(data.stats, data.metrics)
+
+
+PAIRED_FIGURES = ("forest", "pairwise")  # shown with the paired comparisons, not among the other figures
+
 # name, how to draw it, caption
 FIGURES: list[tuple[str, Callable[[PlotData], Figure | None], str]] = [
     (
+        "forest",
+        forest,
+        "Each configuration minus the reference row, paired (per document, per seed or per training step), "
+        "with its 95 % CI, one panel per metric; filled dot: significant at p < 0.05, hollow: not; colour: "
+        "storage type.",
+    ),
+    (
+        "pairwise",
+        pairwise,
+        f"Every pair of configurations, paired difference row − column per metric; blue: the row is "
+        f"better, red: worse (whichever direction is better for the metric); {_MARKS}.",
+    ),
+    (
         "score_by_storage",
         score_by_storage,
-        f"Main metric per task by storage type (bar: configuration mean; dots: jobs; {_BARS}).{_HELD}",
+        f"Main metric per task by storage type (bar: configuration mean, coloured by storage type, hatched "
+        f"with double quantization; dots: jobs; {_BARS}).{_HELD}",
     ),
     (
         "score_vs_blocksize",
@@ -442,7 +542,9 @@ def draw_figures(ok: pd.DataFrame, stats: Statistics | None, folder: Path) -> li
                 png.unlink(missing_ok=True)
                 svg.unlink(missing_ok=True)
                 continue
+            fit_text(fig)
+            problems = figure_text_problems(fig)
             fig.savefig(png, dpi=150)
             fig.savefig(svg)
-            saved.append(SavedFigure(name, png, svg, caption))
+            saved.append(SavedFigure(name, png, svg, caption, problems))
     return saved

@@ -10,15 +10,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from harness.result import ResultError, find_results, flatten, read_result
-from harness.stats.samples import ACCURACY_METRICS, PHASE_PREFIX, aggregate, pool_tasks
+from harness.stats.samples import (
+    ACCURACY_METRICS,
+    COLUMNS,
+    JOB_COLUMN,
+    PHASE_PREFIX,
+    SAMPLES_FILE,
+    aggregate,
+    load_samples,
+    pool_tasks,
+)
 
 # write_result stores NaN/inf as these strings (JSON has no such numbers); only measured fields get them back.
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _MEASURED_PREFIXES = ("eval", "train.", "quant.", "lora.", "timings_s.")
+RESULTS_FILE = "results.parquet"
 
 
 @dataclass
@@ -90,9 +101,14 @@ def pool_samples(
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Each pool ``name -> tasks`` as one more task of every job that scored all of them
     (:func:`harness.stats.samples.pool_tasks`): its rows join the job's samples, and its accuracy and document
-    count join the table as ``eval.<name>.acc`` / ``.n`` (``eval_before.`` too when it was scored before)."""
+    count join the table as ``eval.<name>.acc`` / ``.n`` (``eval_before.`` too when it was scored before).
+
+    The report's samples.parquet keeps the pooled rows, so a report rebuilt from its folder has the pool
+    without being told; given again, a pool replaces its former rows and columns."""
     if not pools:
         return table, samples
+    # A rebuilt report's samples already hold its pools' rows: pooling again replaces them.
+    samples = {job: frame[~frame["task"].isin(pools)] for job, frame in samples.items()}
     scored = {
         task
         for frame in samples.values()
@@ -108,7 +124,8 @@ def pool_samples(
         samples = {job: pool_tasks(frame, name, tasks) for job, frame in samples.items()}
     columns = {job: _pooled_values(frame, pools) for job, frame in samples.items()}
     values = pd.DataFrame.from_dict(columns, orient="index").rename_axis("job_dir").reset_index()
-    return table.merge(values, on="job_dir", how="left"), samples
+    stale = [c for c in values.columns if c in table and c != "job_dir"]  # a rebuilt report's own pools
+    return table.drop(columns=stale).merge(values, on="job_dir", how="left"), samples
 
 
 def _pooled_values(frame: pd.DataFrame, pools: dict[str, list[str]]) -> dict[str, float]:
@@ -135,6 +152,19 @@ def _as_json(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
+def write_samples_table(samples: dict[str, pd.DataFrame], out: Path) -> Path | None:
+    """Every job's per-sample results in one ``out/samples.parquet`` (report layout: a ``job_dir`` column
+    first, see :mod:`harness.stats.samples`); None when no job has any."""
+    if not samples:
+        return None
+    parts = [frame.assign(**{JOB_COLUMN: job}) for job, frame in samples.items()]
+    path = out / SAMPLES_FILE
+    pd.concat(parts, ignore_index=True)[[JOB_COLUMN, *COLUMNS]].to_parquet(
+        path, index=False, compression="zstd"
+    )
+    return path
+
+
 def write_table(table: pd.DataFrame, out: Path, name: str) -> tuple[Path, Path]:
     """Write ``<name>.parquet`` and ``<name>.csv`` into ``out``; columns parquet cannot type become JSON."""
     fixed = {
@@ -147,3 +177,66 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> tuple[Path, Path]:
     ready.to_parquet(parquet, index=False)
     ready.to_csv(csv, index=False)
     return parquet, csv
+
+
+def _unpacked(value: Any) -> Any:
+    """A results-table cell as ``result.json`` held it: arrays back to lists, :func:`_as_json` text parsed."""
+    if isinstance(value, np.ndarray):
+        return [_unpacked(v) for v in value.tolist()]
+    if isinstance(value, list):
+        return [_unpacked(v) for v in value]
+    if isinstance(value, str) and value[:1] in ("[", "{", '"'):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def read_report(folder: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """A report folder's ``results.parquet`` and ``samples.parquet``, as :func:`load_results` and
+    :func:`harness.stats.load_samples` would have read the runs themselves: every job's recorded config,
+    environment (commit, machine, date) and metrics, and its per-document scores.
+
+    Raises :class:`ReportFolderError` naming the folder when it holds no results table.
+    """
+    table_path = Path(folder) / RESULTS_FILE
+    if not table_path.is_file():
+        raise ReportFolderError(
+            f"--from-report {folder}: no {RESULTS_FILE} there (a qlora-report folder has one)"
+        )
+    table = pd.read_parquet(table_path)
+    table = table.assign(**{c: table[c].map(_unpacked) for c in table.columns if table[c].dtype == object})
+    return table, load_samples(table, table_path)
+
+
+class ReportFolderError(ValueError):
+    """A ``--from-report`` folder without a results table."""
+
+
+def portable(table: pd.DataFrame, samples: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
+    """Job directories (``job_dir``, ``path``) relative to the folder that holds all of them (the sweep), so
+    no report names a machine's absolute path; ``samples`` is re-keyed the same way.
+
+    Idempotent: paths already relative to their sweep stay as they are.
+    """
+    jobs = [str(j) for j in table.get(JOB_COLUMN, pd.Series(dtype=object)).dropna()]
+    root = _common_root(jobs)
+    if root is None:
+        return table, samples
+    relative = {job: os.path.relpath(job, root) for job in jobs}
+    moved = table.assign(
+        **{JOB_COLUMN: table[JOB_COLUMN].map(lambda j: relative.get(str(j), j))},
+        **({"path": table["path"].map(lambda p: os.path.relpath(p, root))} if "path" in table else {}),
+    )
+    return moved, {relative.get(job, job): frame for job, frame in samples.items()}
+
+
+def _common_root(jobs: list[str]) -> str | None:
+    """The folder every job sits in (the parent when there is one job); None when they share none."""
+    if not jobs or len({os.path.isabs(j) for j in jobs}) > 1:
+        return None
+    common = os.path.commonpath(jobs)
+    if common in jobs:
+        common = os.path.dirname(common)
+    return common or None

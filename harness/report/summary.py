@@ -1,4 +1,4 @@
-"""What the results say: the table (each value with its 95 % interval) and the findings in words.
+"""What the results say: the table (each value with its 95 % interval) and a few lines on the comparisons.
 
 A value is bold only when it is significantly better than every other row (paired comparisons of
 :mod:`harness.report.comparisons`, p < 0.05); a difference that noise could explain is never highlighted.
@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.comparisons import LOSS, MIN_DOCUMENTS, Comparison, Statistics
-from harness.report.metrics import HIGHER, LOWER, Metric, Row, key_header, metric_frame, show
+from harness.report.comparisons import MIN_DOCUMENTS, Statistics
+from harness.report.metrics import HIGHER, LOWER, Metric, key_header, metric_frame, show
+from harness.report.pairwise import compared_metrics, pairs
 from harness.report.render import Bullets, Cell, Paragraph, Table
+from harness.report.style import display
 
 _INTERVALS = {
     "seeds": "t-interval over the row's seeds",
@@ -79,65 +81,35 @@ def summarize(ok: pd.DataFrame, keys: list[str], stats: Statistics) -> Summary:
     return Summary(table, _legend(stats, metrics, bold), sources)
 
 
-def _p(p_value: float) -> str:
-    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
-
-
-def _signed(value: float, digits: int) -> str:
-    return f"{value:+.{digits}f}".replace("-", "−")
-
-
-def _finding(comparison: Comparison, rows: list[Row], metric: Metric) -> str:
-    """One comparison in words, in the metric's display unit."""
-    e, scale, digits = comparison.estimate, metric.scale, metric.digits
-    unit = f" {metric.unit}" if metric.unit else ""
-    what = f"{rows[comparison.config].name} vs {rows[comparison.reference].name}, {metric.name}"
-    low, high = _signed(e.ci_low * scale, digits), _signed(e.ci_high * scale, digits)
-    delta = f"{_signed(e.delta * scale, digits)}{unit} [{low}, {high}]"
-    where = f"n={e.n} {comparison.units}" + (f"; {comparison.note}" if comparison.note else "")
-    if math.isnan(e.p_value):
-        return f"{what}: {_signed(e.delta * scale, digits)}{unit} at {where}, too few to test (no CI, no p)."
-    if e.significant:
-        return f"{what}: {delta}, {_p(e.p_value)} ({where}; {e.method})."
-    unclear = f"{what}: no significant difference at {where} ({delta}, {_p(e.p_value)})"
-    if e.ci_low > 0 or e.ci_high < 0:  # only with an exact McNemar p: the bootstrap CI is what is too narrow
-        unclear += (
-            "; the bootstrap CI excludes 0 but the exact McNemar test does not reject: too few documents "
-            "differ for the bootstrap interval to be trusted"
-        )
-    if not math.isfinite(e.mde):
-        return f"{unclear}; MDE unknown (no pair differed)."
-    needed = (
-        f"; ≈{e.n_to_detect(e.delta)} {comparison.units} would detect a difference this size"
-        if e.delta
-        else ""
+def _counts(stats: Statistics, metric: Metric) -> str:
+    """How many comparisons against the reference and in all were significant, and after BH if known."""
+    found = pairs(stats, metric)
+    unique = {tuple(sorted(k)): p for k, p in found.items()}
+    against = [p for (a, b), p in found.items() if b == stats.reference]
+    text = (
+        f"{display(metric.name)}: {sum(p.significant for p in against)} of {len(against)} configurations "
+        f"differ significantly from the reference; {sum(p.significant for p in unique.values())} of "
+        f"{len(unique)} pairs in all"
     )
-    return f"{unclear}; MDE {e.mde * scale:.{digits}f}{unit}{needed}."
+    if "q_value" not in stats.frame():
+        return text + "."
+    return text + f", {sum(p.mark == '**' for p in unique.values())} after Benjamini–Hochberg."
 
 
-_LOSS_METRIC = Metric("training loss per step after warm-up (nats)", "loss", LOWER, 3, LOSS, unit="nats")
-
-
-def findings(stats: Statistics, metrics: list[Metric]) -> list[Paragraph | Bullets]:
-    """Each configuration against the reference, then every other pair, on every task and training loss."""
-    shown = {m.source: m for m in metrics if m.role == "score"} | {LOSS: _LOSS_METRIC}
-    chosen = [c for c in stats.comparisons if c.source in shown]
-    if not chosen:
+def paired_summary(stats: Statistics, metrics: list[Metric]) -> list[Paragraph | Bullets]:
+    """What was compared and how, one line per metric; the pictures and comparisons.csv hold the rest."""
+    shown = compared_metrics(stats, metrics)
+    if not shown:
         return [Paragraph("No paired comparison was possible (one configuration, or no shared seeds).")]
-    reference = stats.rows[stats.reference].name
-    against = [_finding(c, stats.rows, shown[c.source]) for c in chosen if c.reference == stats.reference]
-    others = [_finding(c, stats.rows, shown[c.source]) for c in chosen if c.reference != stats.reference]
     boot = stats.bootstrap
-    blocks: list[Paragraph | Bullets] = [
+    return [
         Paragraph(
-            f"Differences are current − reference with {boot.confidence:.0%} CI and p-value; bootstraps "
-            f"use {boot.resamples:,} resamples, seed {boot.seed}; fewer than {MIN_DOCUMENTS} paired "
-            "documents are too few to test. MDE: the smallest difference the comparison could detect "
-            "(α = 0.05, 80 % power). All comparisons are in comparisons.csv."
+            f"Each configuration against the reference ({stats.rows[stats.reference].name}) and every "
+            "other pair, paired on what both share (documents, seeds or training steps), with "
+            f"{boot.confidence:.0%} CI and p-value (bootstraps: {boot.resamples:,} resamples, seed "
+            f"{boot.seed}; fewer than {MIN_DOCUMENTS} paired documents are too few to test). Every "
+            "comparison, with its MDE, is in comparisons.csv; the hypotheses the sweep declared are "
+            "decided in words under Verdicts."
         ),
-        Paragraph(f"Against the reference ({reference}):"),
-        Bullets(against),
+        Bullets([_counts(stats, m) for m in shown]),
     ]
-    if others:
-        blocks += [Paragraph("Other pairs:"), Bullets(others)]
-    return blocks
