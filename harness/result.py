@@ -261,8 +261,8 @@ def column(block: str, *path: str) -> str:
 
 
 def job_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without :data:`NOT_IDENTITY_KEYS` (machine-local and retired keys): two jobs are
-    the same job when these match."""
+    """The resolved config without :data:`NOT_IDENTITY_KEYS` (machine-local, retired and report keys): two
+    jobs are the same job when these match."""
     identity = copy.deepcopy(config)
     for dotted in NOT_IDENTITY_KEYS:
         *parents, leaf = dotted.split(".")

@@ -573,7 +573,8 @@ def test_drop_that_the_paired_ci_calls_noise_passes_where_the_unpaired_rule_fail
     assert (base, cur, delta[:5], verdict, note) == ("0.4", "0.38", "-0.02", "ok", "paired")
     low, high = (float(x) for x in ci.strip("[]").split(","))
     assert low < -0.01 < 0 < high
-    assert p == "0.388"  # exact McNemar, 4 vs 8 discordant: 2 * P(X <= 4 | 12) = 794/2048
+    # one procedure (harness.stats): p comes from the CI's own draws, so a CI that reaches 0 has p > 0.05
+    assert float(p) > 0.05
     assert "12 metric(s) judged on the paired CI" in out and "2000 resamples, seed 0" in out
 
 
@@ -587,7 +588,8 @@ def test_drop_whose_whole_paired_ci_is_beyond_tolerance_regresses_with_ci_and_p(
     code, out, _ = run(capsys, base_dir, cur_dir, "--json", js, "--resamples", 500, "--seed", 3)
     assert code == 1
     assert {r.split(" | ")[1] for r in rows_with(out, "REGRESSED")} == {ARC, WIKI}
-    assert row_of(out, "quant.storage=fp4 seed=1", ARC)[6] == "< 0.001"
+    # 30 of 200 answers lost, none won: no draw of the 500 reaches 0, so p is at most 1/500
+    assert float(row_of(out, "quant.storage=fp4 seed=1", ARC)[6].removeprefix("< ")) <= 1 / 500
 
     report = json.loads(js.read_text())
     assert report["summary"]["bootstrap"] == {"resamples": 500, "seed": 3, "confidence": 0.95}
