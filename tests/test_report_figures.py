@@ -19,23 +19,6 @@ from harness.report.style import STORAGE_COLOURS, panels, storage_colour
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 COMMITTED = sorted(p.parent for p in REPORTS.rglob("results.parquet"))
 ABSOLUTE = re.compile(rb"/(work|root|home|tmp)/")
-# Hand-written notes that still name machine paths (run commands with QLORA_DATA_DIR=/work/..., lock files,
-# scratch files); not written by qlora-report. Their owners remove them from here as they clean them.
-_NOT_YET_CLEAN = {
-    "blocksize/NOTES.md",
-    "ci/README.md",
-    "datatypes/NOTES.md",
-    "double_quant/NOTES.md",
-    "lora_rank/NOTES.md",
-    "perf/bench_cpu.md",
-    "perf/bench_cpu_before_chunked_loss.md",
-    "perf/bench_cpu_bf16_before_issue17.md",
-    "perf/eval_cost.md",
-    "perf/memory_before_after.md",
-    "quant/codebook.md",
-    "targets/NOTES.md",
-    "zeroshot/NOTES.md",
-}
 
 
 def test_checker_finds_colliding_tick_labels() -> None:
@@ -106,15 +89,8 @@ def test_committed_report_rebuilds_from_its_tables_with_legible_figures(folder: 
     assert not any(Path(str(job)).is_absolute() for job in table["job_dir"])
 
 
-def _generated_or_listed(path: Path) -> bool:
-    return str(path.relative_to(REPORTS)) in _NOT_YET_CLEAN
-
-
 def test_no_report_file_names_an_absolute_machine_path() -> None:
     """Reports travel between machines: no file under reports/ may name /work/, /root/, /home/ or /tmp/."""
     files = [p for p in REPORTS.rglob("*") if p.is_file()]
-    holding = {p for p in files if ABSOLUTE.search(p.read_bytes())}
-    unexpected = sorted(str(p.relative_to(REPORTS)) for p in holding if not _generated_or_listed(p))
-    assert unexpected == []
-    cleaned = sorted(name for name in _NOT_YET_CLEAN if REPORTS / name not in holding)
-    assert cleaned == [], "clean now: remove from _NOT_YET_CLEAN"
+    holding = sorted(str(p.relative_to(REPORTS)) for p in files if ABSOLUTE.search(p.read_bytes()))
+    assert holding == []
