@@ -253,7 +253,7 @@ def test_reference_selector_picks_the_row(sweep: Path, tmp_path: Path) -> None:
     assert code == 0, stderr
     table = pd.read_csv(tmp_path / "comparisons.csv")
     assert set(table[table["config"] == "bf16"]["reference"]) == {"fp4"}
-    assert "Against the reference (fp4):" in (tmp_path / "report.md").read_text()
+    assert "Each configuration against the reference (fp4)" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -303,7 +303,7 @@ def test_one_document_is_too_few_to_test(tmp_path: Path) -> None:
     assert row["n"] == 1 and row["delta"] > 0
     assert math.isnan(row["p_value"]) and math.isnan(row["ci_low"]) and not row["significant"]
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "at n=1 documents, too few to test (no CI, no p)" in markdown
+    assert "1 of 1 pairs too few to test (no CI, no p)" in markdown
     assert not results_cell(markdown, "bf16", f"{WIKI} word_perplexity").startswith("**")
 
 

@@ -91,9 +91,12 @@ def _counts(stats: Statistics, metric: Metric) -> str:
         f"differ significantly from the reference; {sum(p.significant for p in unique.values())} of "
         f"{len(unique)} pairs in all"
     )
-    if "q_value" not in stats.frame():
-        return text + "."
-    return text + f", {sum(p.mark == '**' for p in unique.values())} after Benjamini–Hochberg."
+    if "q_value" in stats.frame():
+        text += f", {sum(p.mark == '**' for p in unique.values())} after Benjamini–Hochberg"
+    untested = sum(math.isnan(p.low) for p in unique.values())
+    if untested:
+        text += f"; {untested} of {len(unique)} pairs too few to test (no CI, no p)"
+    return text + "."
 
 
 def paired_summary(stats: Statistics, metrics: list[Metric]) -> list[Paragraph | Bullets]:
