@@ -50,6 +50,17 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def hf_offline_constants(monkeypatch: pytest.MonkeyPatch) -> None:
+    """huggingface_hub and datasets read HF_*_OFFLINE at import: set the constants they read too."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing in the test suite may reach the Hugging Face hub."""

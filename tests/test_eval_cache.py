@@ -12,10 +12,6 @@ far more (their logits span several nats).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import datasets.config
-import huggingface_hub.constants
 import pytest
 import torch
 from lm_eval.api.instance import Instance
@@ -35,20 +31,8 @@ RELATIVE = 1e-4
 MC_TASKS = ("arc_easy_local", "winogrande_local", "hellaswag_local", "piqa_local")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The libraries read HF_*_OFFLINE at import: set the constants they read too."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# lm-eval on tiny models: offline, one thread (fastest for small tensors, steady on shared cores).
+pytestmark = pytest.mark.usefixtures("hf_offline_constants", "single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import datasets.config
-import huggingface_hub.constants
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -46,21 +43,8 @@ WIKI_TEXT = (
 )
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """conftest sets HF_*_OFFLINE, but the libraries read them at import: set the constants they read too."""
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tiny model is fastest on one thread, and steady when other test runs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# lm-eval on tiny models: offline, one thread (fastest for small tensors, steady on shared cores).
+pytestmark = pytest.mark.usefixtures("hf_offline_constants", "single_thread")
 
 
 @pytest.fixture(scope="module")
