@@ -50,7 +50,7 @@ report: setup
 	for d in runs/*/; do n=$$(basename $$d); case $$n in single|multirun|smoke|ci-smoke|reports) continue;; esac; \
 	  case $$n in lora_rank) ref="lora.r=64";; double_quant) ref="quant.storage=nf4 quant.double_quant=true";; \
 	    blocksize) ref="quant.storage=nf4 quant.blocksize=64";; targets) ref="lora.targets=all-linear quant.storage=nf4";; *) ref="";; esac; \
-	  pool=""; [ $$n = zeroshot ] && pool="$(ZEROSHOT_MEAN)"; \
+	  pool=""; case $$n in zeroshot|zeroshot_full) pool="$(ZEROSHOT_MEAN)";; esac; \
 	  $(BIN)/qlora-report $$d -o reports/$$n $${ref:+--reference "$$ref"} $${pool:+--pool "$$pool"} || exit 1; done
 
 # README.md's verdict table (between <!-- verdicts:start/end -->) from every reports/*/verdicts.csv, each row

@@ -357,6 +357,39 @@ def test_pool_adds_the_accuracy_over_all_documents_of_its_tasks_as_a_compared_ta
     assert code == 2 and f"no job has accuracy samples for ['{WIKI}']" in stderr
 
 
+def test_jobs_of_one_config_that_each_scored_one_task_are_compared_as_one_job(tmp_path: Path) -> None:
+    """A config evaluated one task per job (the resumable full zero-shot run) is one row: its tasks' metrics
+    side by side, timings summed, the jobs named; a pool over the tasks spans both jobs' documents and
+    equals what one job scoring both tasks gives (the pool test above plants the same data)."""
+    piqa = "piqa_local"
+    for storage in ("bf16", "fp4"):
+        frame = samples_frame(storage, DOCS)
+        arc = frame[(frame["task"] == ARC) & frame["metric"].isin(["acc", "acc_norm"])]
+        arc_acc = arc[arc["metric"] == "acc"]
+        second = arc_acc.assign(task=piqa, doc_hash=arc_acc["doc_hash"].str.replace("0", "p", n=1), value=1.0)
+        scores = evaluation(pd.concat([arc, second], ignore_index=True))
+        for task, part in ((ARC, arc), (piqa, second)):
+            config = config_of(storage, 0)
+            config["eval"]["tasks"] = [task]
+            job = tmp_path / "sweep" / f"{storage}-{task}"
+            loss = [2.4 - 0.1 * step for step in range(10)]
+            ok_result(config, {task: scores[task]}, 4.5, 400.0, loss).save(job)
+            write_samples(job, {"after": part})
+    code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "out"), "--pool", f"mean={ARC},{piqa}"])
+    assert code == 0, stderr
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("config.quant.storage")
+    assert sorted(results.index) == ["bf16", "fp4"]
+    for storage in ("bf16", "fp4"):
+        assert results.loc[storage, f"eval.{piqa}.acc"] == 1.0
+        assert not math.isnan(results.loc[storage, f"eval.{ARC}.acc"])
+        assert results.loc[storage, "eval.mean.n"] == 2 * DOCS
+    merged = pd.read_parquet(tmp_path / "out" / "results.parquet")["merged_jobs"]
+    assert [len(jobs) for jobs in merged] == [2, 2]
+    row = comparison(tmp_path / "out", "fp4", "bf16", "mean", "acc")
+    assert row["n"] == 2 * DOCS
+    assert row["delta"] == pytest.approx((arc_correct("fp4") - arc_correct("bf16")).sum() / (2 * DOCS))
+
+
 def test_every_comparison_is_significant_exactly_when_its_ci_excludes_zero(report: Path) -> None:
     table = pd.read_csv(report / "comparisons.csv").dropna(subset=["p_value"])
     excludes_zero = (table["ci_low"] > 0) | (table["ci_high"] < 0)

@@ -42,6 +42,12 @@ def _value(config: dict, dotted: str) -> str:
     return show(node).lower()
 
 
+def _row_identity(config: dict) -> dict:
+    """What makes a report row: the config but for the seed (seeds are pooled) and ``eval.tasks`` (jobs that
+    scored one task each are merged, harness.report.load.merge_task_jobs)."""
+    return {k: ({**v, "tasks": None} if k == "eval" else v) for k, v in config.items() if k != "seed"}
+
+
 @pytest.mark.parametrize("name", NAMED)
 def test_each_named_sweep_declares_hypotheses_that_pick_one_configuration_of_its_jobs(job_config, name):
     """Every selector of every declared hypothesis matches exactly one configuration (seeds aside) among
@@ -53,7 +59,7 @@ def test_each_named_sweep_declares_hypotheses_that_pick_one_configuration_of_its
         for selector in (h.config, h.reference):
             wanted = dict(pair.split("=") for pair in selector.split())
             hits = {
-                repr({k: v for k, v in c.items() if k != "seed"})
+                repr(_row_identity(c))
                 for c in configs
                 if all(_value(c, key) == value.lower() for key, value in wanted.items())
             }
@@ -207,7 +213,8 @@ def test_a_row_is_stale_only_after_a_change_to_code_that_affects_results(tmp_pat
     _git(tmp_path, "add", ".")
     _git(tmp_path, "commit", "-q", "-m", "run here")
     run = _git(tmp_path, "rev-parse", "HEAD")
-    for path in ("harness/report/b.py", "harness/stats/c.py", "README.md"):  # read results only
+    for path in ("harness/report/b.py", "harness/stats/c.py", "harness/conf/sweep/d.yaml", "README.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)  # read results, or a sweep's grid
         (tmp_path / path).write_text("x = 2\n")
         _git(tmp_path, "add", path)
         _git(tmp_path, "commit", "-q", "-m", f"edit {path}")

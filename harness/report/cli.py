@@ -23,6 +23,7 @@ from harness.report.load import (
     PoolError,
     ReportFolderError,
     load_results,
+    merge_task_jobs,
     ok_jobs,
     pool_samples,
     portable,
@@ -139,6 +140,9 @@ def build_report(
     ``pools`` (``{name: tasks}``) adds each pool's accuracy over all its tasks' documents as one more task
     (:func:`harness.report.load.pool_samples`; :class:`PoolError` when a pool names tasks no job scored).
 
+    Jobs of one config that each scored some of its tasks are one row
+    (:func:`harness.report.load.merge_task_jobs`).
+
     ``from_report`` rebuilds a report from a report folder instead (its results.parquet and samples.parquet,
     written by this function, pools included; default ``out``: that folder; default reference: the one it
     used). Job paths
@@ -147,7 +151,7 @@ def build_report(
     pools = pools or {}
     folder = Path(from_report) if from_report is not None else None
     loaded, samples = _read(dirs, folder)
-    table, samples = portable(loaded.table, samples)
+    table, samples = merge_task_jobs(*portable(loaded.table, samples))
     table, pooled = pool_samples(table, samples, pools)
     loaded = LoadedResults(table, loaded.errors)
     ok = ok_jobs(table)

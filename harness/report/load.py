@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from harness.result import ResultError, find_results, flatten, read_result
+from harness.result import ResultError, find_results, flatten, identity_columns, read_result
 from harness.stats.samples import (
     ACCURACY_METRICS,
     COLUMNS,
@@ -90,6 +90,58 @@ def ok_jobs(table: pd.DataFrame) -> pd.DataFrame:
     if "status" not in table:
         return table.iloc[0:0]
     return table[table["status"] == "ok"].reset_index(drop=True)
+
+
+TASKS_COLUMN = "config.eval.tasks"
+
+
+def merge_task_jobs(table: pd.DataFrame, samples: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict]:
+    """Finished jobs that are one configuration evaluated a task at a time (the same identity but for
+    ``eval.tasks``, which do not overlap) as one job: so a long evaluation can run as one resumable job per
+    task and still be compared as a whole (a pool over all its tasks, say).
+
+    The merged row is the first job's (its ``job_dir`` keys the joined samples) with every job's metric
+    columns, the union of the tasks, ``timings_s.*`` summed, and ``merged_jobs`` naming each job directory.
+    Failed jobs and jobs whose tasks overlap stay as they are; a table without such groups is returned as
+    given, so merging twice changes nothing.
+    """
+    if table.empty or TASKS_COLUMN not in table or "status" not in table:
+        return table, samples
+    keys = [c for c in identity_columns(table.columns) if c != TASKS_COLUMN]
+    ok = table[table["status"] == "ok"]
+    spelled = ok[keys].map(lambda v: json.dumps(_unpacked(v), sort_keys=True, default=str))
+    identity = spelled.agg("|".join, axis=1)
+    merged, dropped = [], []
+    for _, group in ok.groupby(identity, sort=False):
+        tasks = [_task_list(v) for v in group[TASKS_COLUMN]]
+        flat = [t for ts in tasks for t in ts]
+        if len(group) < 2 or len(flat) != len(set(flat)):
+            continue
+        merged.append(_merged_row(group, flat))
+        dropped += list(group.index)
+        jobs = [str(j) for j in group[JOB_COLUMN]]
+        frames = [samples[j] for j in jobs if j in samples]
+        samples = {j: f for j, f in samples.items() if j not in jobs}
+        if frames:
+            samples[jobs[0]] = pd.concat(frames, ignore_index=True)
+    if not merged:
+        return table, samples
+    columns = [*table.columns, *(["merged_jobs"] if "merged_jobs" not in table else [])]
+    return pd.concat([table.drop(index=dropped), pd.DataFrame(merged)], ignore_index=True)[columns], samples
+
+
+def _task_list(value: Any) -> list[str]:
+    value = _unpacked(value)
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _merged_row(group: pd.DataFrame, tasks: list[str]) -> pd.Series:
+    row = group.bfill().iloc[0].copy()  # the first job's values, each metric column from whichever job has it
+    for column in (c for c in group.columns if c.startswith("timings_s.")):
+        row[column] = group[column].sum(min_count=1)
+    row[TASKS_COLUMN] = tasks
+    row["merged_jobs"] = [str(j) for j in group[JOB_COLUMN]]
+    return row
 
 
 class PoolError(ValueError):

@@ -2,7 +2,8 @@
 
 Each row names the commit its runs were made at; a row is *stale* when code that can change results has
 changed since (any commit touching ``harness/`` outside ``report/``, ``stats/`` and ``compare/``, which only
-read results), and says which commit first did. The table sits in README.md between the markers below;
+read results, and ``conf/sweep/``: a sweep's grid and declared hypotheses, while each run records the config
+it ran), and says which commit first did. The table sits in README.md between the markers below;
 ``--check`` exits 1 when the README's table is not the generated one (a test runs it).
 """
 
@@ -22,7 +23,7 @@ from harness.paths import CHECKOUT
 from harness.report.verdicts import VERDICTS_FILE
 
 START, END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
-READS_RESULTS_ONLY = ("harness/report", "harness/stats", "harness/compare")
+CANNOT_CHANGE_RESULTS = ("harness/report", "harness/stats", "harness/compare", "harness/conf/sweep")
 HEADERS = ["sweep", "hypothesis", "claim", "Δ [95 % CI]", "p (adjusted)", "verdict", "run", "current"]
 
 
@@ -31,7 +32,7 @@ def first_change_since(commit: str, checkout: Path) -> str | None:
     ``unknown`` when git does not know ``commit`` (or it was made from a dirty tree)."""
     if commit.endswith("-dirty"):
         return "unknown (dirty tree)"
-    excluded = [f":(exclude){path}" for path in READS_RESULTS_ONLY]
+    excluded = [f":(exclude){path}" for path in CANNOT_CHANGE_RESULTS]
     found = subprocess.run(
         ["git", "log", "--reverse", "--format=%h", f"{commit}..HEAD", "--", "harness", *excluded],
         cwd=checkout,
