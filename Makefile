@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15  # the slowest tests listed, so their cost is visible in every CI log
 
 lint: setup
 	$(BIN)/ruff check harness tests benchmarks
