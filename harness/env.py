@@ -1,4 +1,4 @@
-"""The environment a job ran in: package versions, device, the project's git commit."""
+"""The environment a job ran in: package versions, device, the project's git commit, when it started."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib.metadata
 import platform
 import socket
 import subprocess
+from datetime import UTC, datetime
 
 import torch
 
@@ -57,7 +58,8 @@ def short_commit(commit: str | None) -> str:
 
 
 def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: str) -> dict:
-    """Where and how a job ran: versions, device, compute dtype (and why it was chosen), commit."""
+    """Where, when and how a job ran: versions, device, compute dtype (and why it was chosen), commit, and the
+    UTC time it started (so every reported number names its date)."""
     env = {"python": platform.python_version()}
     env.update({name.replace("-", "_"): _version(name) for name in PACKAGES})
     env.update(
@@ -71,6 +73,7 @@ def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: 
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
             "git_commit": git_commit(),
+            "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
     )
     return env

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import torch
@@ -42,6 +43,8 @@ def test_job_writes_valid_result_for_each_storage(job_config, tmp_path, storage)
     assert record["train"]["peak_memory_bytes"] > 0 and record["train"]["peak_memory_kind"] == "rss"
     assert record["lora"]["trainable_params"] > 0
     assert record["env"]["device"] == "cpu" and record["env"]["torch"]
+    started = datetime.strptime(record["env"]["started_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(0) <= datetime.now(UTC) - started < timedelta(hours=1)  # the job's own start, in UTC
     expected_bits = {"bf16": 16, "fp32": 32}.get(storage, FOUR_BIT_BITS[False])
     # the tiny model's weights are small, so the codebook's fixed bytes add a little
     assert expected_bits <= record["quant"]["bits_per_param"] < expected_bits * 1.03

@@ -73,6 +73,7 @@ def env(commit: str) -> dict[str, Any]:
         "device_name": "AMD EPYC 7B13",
         "git_commit": commit,
         "hostname": "bench-1",
+        "started_utc": "2026-12-01T10:00:00Z" if commit == "abc1234" else "2026-12-02T11:30:00Z",
     }
 
 
@@ -268,6 +269,7 @@ def test_environment_caveats_and_sources_are_reported(report: tuple[int, str, Pa
     markdown = (report[2] / "report.md").read_text()
     assert "| device_name | AMD EPYC 7B13 |" in markdown
     assert "| git_commit | abc1234, def5678 |" in markdown
+    assert "| started_utc | 2026-12-01T10:00:00Z – 2026-12-02T11:30:00Z" in markdown  # first – last job
     assert "| torch | 2.6.0+cpu |" in markdown
     assert markdown.count(CAVEAT) == 1  # union, not one per job
     nf4_sources = next(line for line in markdown.splitlines() if line.startswith("- nf4: "))

@@ -213,8 +213,9 @@ def test_a_row_is_stale_only_after_a_change_to_code_that_affects_results(tmp_pat
     _git(tmp_path, "add", ".")
     _git(tmp_path, "commit", "-q", "-m", "run here")
     run = _git(tmp_path, "rev-parse", "HEAD")
-    for path in ("harness/report/b.py", "harness/stats/c.py", "harness/conf/sweep/d.yaml", "README.md"):
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)  # read results, or a sweep's grid
+    read_or_record_only = ["harness/report/b.py", "harness/stats/c.py", "harness/env.py", "README.md"]
+    for path in [*read_or_record_only, "harness/conf/sweep/d.yaml"]:  # ... or a sweep's grid
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("x = 2\n")
         _git(tmp_path, "add", path)
         _git(tmp_path, "commit", "-q", "-m", f"edit {path}")

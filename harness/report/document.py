@@ -33,6 +33,7 @@ from harness.report.summary import paired_summary, summarize
 from harness.report.verdicts import report_verdicts
 
 _MESSAGE_CHARS = 300
+STARTED_COLUMN = "env.started_utc"  # harness.env.environment: when each job started (UTC)
 
 
 def _shown_dir(path: str) -> str:
@@ -137,8 +138,19 @@ def _environment(table: pd.DataFrame) -> Section:
     columns += [c for c in ("train.compute_dtype",) if c in table]
     if not columns:
         return Section("Environment", [Paragraph("No environment recorded.")])
-    rows = [[Cell(c.split(".", 1)[1]), Cell(_unique_values(table, c))] for c in columns]
+    rows = [[Cell(c.split(".", 1)[1]), Cell(_environment_value(table, c))] for c in columns]
     return Section("Environment", [Table(["field", "value(s) across jobs"], rows)])
+
+
+def _environment_value(table: pd.DataFrame, column: str) -> str:
+    """A field's distinct values; start times as the first and last (one per job would fill the table)."""
+    if column != STARTED_COLUMN:
+        return _unique_values(table, column)
+    times = sorted(str(t) for t in table[column].dropna())
+    missing = len(table) - len(times)
+    span = f"{times[0]} – {times[-1]}" if times else ""
+    note = f"{missing} job(s) from before start times were recorded" if missing else ""
+    return " · ".join(part for part in (span, note) if part)
 
 
 def _caveats(table: pd.DataFrame) -> Section:

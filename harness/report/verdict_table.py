@@ -2,9 +2,10 @@
 
 Each row names the commit its runs were made at; a row is *stale* when code that can change results has
 changed since (any commit touching ``harness/`` outside ``report/``, ``stats/`` and ``compare/``, which only
-read results, and ``conf/sweep/``: a sweep's grid and declared hypotheses, while each run records the config
-it ran), and says which commit first did. The table sits in README.md between the markers below;
-``--check`` exits 1 when the README's table is not the generated one (a test runs it).
+read results; ``conf/sweep/``: a sweep's grid and declared hypotheses, while each run records the config it
+ran; and ``env.py``, which records where and when a job ran), and says which commit first did. The table
+sits in README.md between the markers below; ``--check`` exits 1 when the README's table is not the
+generated one (a test runs it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from harness.paths import CHECKOUT
 from harness.report.verdicts import VERDICTS_FILE
 
 START, END = "<!-- verdicts:start -->", "<!-- verdicts:end -->"
-CANNOT_CHANGE_RESULTS = ("harness/report", "harness/stats", "harness/compare", "harness/conf/sweep")
+CANNOT_CHANGE_RESULTS = (
+    "harness/report",
+    "harness/stats",
+    "harness/compare",
+    "harness/conf/sweep",
+    "harness/env.py",
+)
 HEADERS = ["sweep", "hypothesis", "claim", "Δ [95 % CI]", "p (adjusted)", "verdict", "run", "current"]
 
 
