@@ -13,6 +13,8 @@ import torch
 from harness.device import device_name
 from harness.paths import CHECKOUT
 
+STARTED_KEY = "started_utc"  # when the job started, UTC; reports show the first and last
+
 PACKAGES = (
     "torch",
     "bitsandbytes",
@@ -73,7 +75,7 @@ def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: 
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
             "git_commit": git_commit(),
-            "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            STARTED_KEY: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
     )
     return env

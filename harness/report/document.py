@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.env import STARTED_KEY
 from harness.report.comparisons import Statistics
 from harness.report.figures import PAIRED_FIGURES, SavedFigure
 from harness.report.load import (
@@ -33,7 +34,7 @@ from harness.report.summary import paired_summary, summarize
 from harness.report.verdicts import report_verdicts
 
 _MESSAGE_CHARS = 300
-STARTED_COLUMN = "env.started_utc"  # harness.env.environment: when each job started (UTC)
+STARTED_COLUMN = f"env.{STARTED_KEY}"
 
 
 def _shown_dir(path: str) -> str:

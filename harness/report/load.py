@@ -113,8 +113,7 @@ def merge_task_jobs(table: pd.DataFrame, samples: dict[str, pd.DataFrame]) -> tu
     identity = spelled.agg("|".join, axis=1)
     merged, dropped = [], []
     for _, group in ok.groupby(identity, sort=False):
-        tasks = [_task_list(v) for v in group[TASKS_COLUMN]]
-        flat = [t for ts in tasks for t in ts]
+        flat = [task for value in group[TASKS_COLUMN] for task in _task_list(value)]
         if len(group) < 2 or len(flat) != len(set(flat)):
             continue
         merged.append(_merged_row(group, flat))
