@@ -305,6 +305,25 @@ def test_figures_that_need_a_varied_setting_are_not_drawn(report: tuple[int, str
     assert not (figures / "score_vs_lora_r.png").exists()
 
 
+def test_no_figures_writes_the_same_tables_and_says_none_were_drawn(
+    report: tuple[int, str, Path], tmp_path: Path
+) -> None:
+    """--no-figures: the same results and comparisons as the full report, no image, and a report that says
+    the figures were not drawn (rather than that the results support none)."""
+    root = tmp_path / "sweep"
+    write_storage_sweep(root)
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main([str(root), "-o", str(tmp_path / "out"), "--no-figures"]) == 0
+    out, full = tmp_path / "out", report[2]
+    for table in ("results.csv", "comparisons.csv"):
+        fast, drawn = (pd.read_csv(f / table).drop(columns="job_dir", errors="ignore") for f in (out, full))
+        assert fast.equals(drawn)
+    assert not (out / "figures").exists()
+    markdown = (out / "report.md").read_text()
+    assert "Not drawn (qlora-report --no-figures)." in markdown and ".png)" not in markdown
+    assert "data:image/png" not in (out / "report.html").read_text()
+
+
 def test_html_is_self_contained_with_the_same_numbers(report: tuple[int, str, Path]) -> None:
     html = (report[2] / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(list((report[2] / "figures").glob("*.png"))) == 7

@@ -106,10 +106,12 @@ def write_datatypes_sweep(root: Path) -> None:
             write_samples(root / name, {"after": frame})
 
 
-def run(args: list[str]) -> tuple[int, str]:
+def run(args: list[str], figures: bool = False) -> tuple[int, str]:
+    """qlora-report in this process; without figures unless a test looks at them (drawing is most of a
+    report's run time)."""
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        code = main(args)
+        code = main(args if figures else [*args, "--no-figures"])
     return code, stderr.getvalue()
 
 
@@ -123,7 +125,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    code, stderr = run([str(sweep), "-o", str(out)])
+    code, stderr = run([str(sweep), "-o", str(out)], figures=True)
     assert code == 0, stderr
     return out
 

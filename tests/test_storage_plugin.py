@@ -100,7 +100,7 @@ def test_plugin_job_trains_evaluates_reports_and_gates(job_config, plugin, tmp_p
     assert record["train"]["memory_estimate"]["terms"]["quantized_weights"] == quant["weight_bytes"]
 
     out = tmp_path / "report"
-    assert report_main([str(tmp_path / "runs"), "-o", str(out)]) == 0
+    assert report_main([str(tmp_path / "runs"), "-o", str(out), "--no-figures"]) == 0
     assert plugin in (out / "results.csv").read_text()
     assert f"| {quant['bits_per_param']:.3f} |" in (out / "report.md").read_text()
     assert compare_main([str(tmp_path / "runs"), str(tmp_path / "runs")]) == 0

@@ -180,7 +180,7 @@ def test_a_report_folder_named_after_a_sweep_opens_with_its_verdicts(tmp_path: P
     write_datatypes_sweep(tmp_path / "runs")
     out = tmp_path / "reports" / "datatypes"
     with contextlib.redirect_stderr(io.StringIO()):
-        assert main([str(tmp_path / "runs"), "-o", str(out), "--resamples", "200"]) == 0
+        assert main([str(tmp_path / "runs"), "-o", str(out), "--resamples", "200", "--no-figures"]) == 0
     frame = pd.read_csv(out / "verdicts.csv")
     assert frame["hypothesis"].tolist() == [h.id for h in read_declaration("datatypes").hypotheses]
     assert frame["verdict"].str.startswith("not tested").all()
@@ -188,7 +188,7 @@ def test_a_report_folder_named_after_a_sweep_opens_with_its_verdicts(tmp_path: P
     assert markdown.index("## Verdicts") < markdown.index("## Overview")
     other = tmp_path / "elsewhere"
     with contextlib.redirect_stderr(io.StringIO()):
-        assert main([str(tmp_path / "runs"), "-o", str(other), "--resamples", "200"]) == 0
+        assert main([str(tmp_path / "runs"), "-o", str(other), "--resamples", "200", "--no-figures"]) == 0
     assert not (other / "verdicts.csv").exists() and "## Verdicts" not in (other / "report.md").read_text()
 
 

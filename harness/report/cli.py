@@ -128,6 +128,7 @@ def build_report(
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     pools: dict[str, list[str]] | None = None,
     from_report: str | os.PathLike | None = None,
+    figures: bool = True,
 ) -> ReportPaths:
     """Read every ``result.json`` under ``dirs`` and write the report into ``out`` (default: the first dir).
 
@@ -147,6 +148,9 @@ def build_report(
     written by this function, pools included; default ``out``: that folder; default reference: the one it
     used). Job paths
     are written relative to their sweep folder, so no report names a machine's absolute path.
+
+    ``figures=False`` skips drawing (most of the run time: matplotlib's layout and the legibility check);
+    the tables and verdicts are the same.
     """
     pools = pools or {}
     folder = Path(from_report) if from_report is not None else None
@@ -163,13 +167,14 @@ def build_report(
     comparisons = list(write_table(stats.frame(), out, "comparisons")) if stats else []
     finished = {str(job) for job in ok.get("job_dir", [])}
     samples_path = write_samples_table({j: f for j, f in pooled.items() if j in finished}, out)
-    figures = draw_figures(ok, stats, out / "figures")
+    drawn = draw_figures(ok, stats, out / "figures") if figures else None
     searched = [str(folder)] if folder is not None else [str(d) for d in dirs]
-    document = build_document(loaded, searched, stats, figures, out, rebuilt=folder is not None)
+    document = build_document(loaded, searched, stats, drawn, out, rebuilt=folder is not None)
     markdown, html = out / "report.md", out / "report.html"
     markdown.write_text(render_markdown(document), encoding="utf-8")
     html.write_text(render_html(document, out), encoding="utf-8")
-    problems = [f"{f.png}: {p}" for f in figures for p in f.problems]
+    drawn = drawn or []
+    problems = [f"{f.png}: {p}" for f in drawn for p in f.problems]
     return ReportPaths(
         out,
         parquet,
@@ -178,7 +183,7 @@ def build_report(
         samples_path,
         markdown,
         html,
-        [f.png for f in figures],
+        [f.png for f in drawn],
         loaded.errors,
         problems,
     )
@@ -256,6 +261,12 @@ def _parser() -> argparse.ArgumentParser:
         "acc_norm, else acc), compared per document like any task; with equal documents per task, the "
         "paper's mean zero-shot accuracy. Repeatable",
     )
+    parser.add_argument(
+        "--no-figures",
+        dest="figures",
+        action="store_false",
+        help="write the tables, verdicts and report without drawing figures (several times faster)",
+    )
     add_bootstrap_options(parser)
     return parser
 
@@ -284,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either DIR... (result.json files) or --from-report FOLDER, not both or neither")
     pools = _pools(parser, args.pool)
     try:
-        paths = build_report(args.dirs, args.out, args.reference, bootstrap, pools, args.from_report)
+        paths = build_report(
+            args.dirs, args.out, args.reference, bootstrap, pools, args.from_report, args.figures
+        )
     except NoResultsError as exc:
         _warn_skipped(exc.skipped)
         print(f"qlora-report: {exc}", file=sys.stderr)
@@ -297,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"qlora-report: wrote {', '.join(str(p) for p in written)}")
     if paths.samples is not None:
         print(f"qlora-report: per-sample results of every job in {paths.samples}")
-    print(f"qlora-report: {len(paths.figures)} figures in {paths.out / 'figures'}")
+    if args.figures:
+        print(f"qlora-report: {len(paths.figures)} figures in {paths.out / 'figures'}")
     for problem in paths.figure_problems:
         print(f"qlora-report: warning: figure legibility: {problem}", file=sys.stderr)
     return 0

@@ -83,17 +83,19 @@ def _image(figure: SavedFigure, out: Path) -> Image:
 
 
 def _paired(
-    ok: pd.DataFrame, stats: Statistics | None, figures: list[SavedFigure], out: Path
+    ok: pd.DataFrame, stats: Statistics | None, figures: list[SavedFigure] | None, out: Path
 ) -> list[Section]:
     """A few lines on what was compared and how, then the forest plot and the pairwise matrices."""
     if stats is None:
         return []
     _, metrics = metric_frame(ok)
-    shown = [_image(f, out) for f in figures if f.name in PAIRED_FIGURES]
+    shown = [_image(f, out) for f in figures or [] if f.name in PAIRED_FIGURES]
     return [Section("Paired comparisons", [*paired_summary(stats, metrics), *shown])]
 
 
-def _figures(figures: list[SavedFigure], out: Path) -> Section:
+def _figures(figures: list[SavedFigure] | None, out: Path) -> Section:
+    if figures is None:
+        return Section("Figures", [Paragraph("Not drawn (qlora-report --no-figures).")])
     others = [f for f in figures if f.name not in PAIRED_FIGURES]
     if not others:
         return Section("Figures", [Paragraph("No figure: the results hold nothing the figures need.")])
@@ -167,12 +169,12 @@ def build_document(
     loaded: LoadedResults,
     dirs: Sequence[str],
     stats: Statistics | None,
-    figures: list[SavedFigure],
+    figures: list[SavedFigure] | None,
     out: Path,
     rebuilt: bool = False,
 ) -> Document:
-    """The whole report: overview, results table, paired comparisons, figures, failures, environment,
-    caveats."""
+    """The whole report: overview, results table, paired comparisons, figures (None: not drawn), failures,
+    environment, caveats."""
     table = loaded.table
     ok = ok_jobs(table)
     failed = table[table.get("status", pd.Series(index=table.index)) != "ok"]
