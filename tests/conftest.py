@@ -32,13 +32,39 @@ NUMERICAL_TESTS = (
     "test_families.py::test_gpt2_conv1d_quantized_as_transposed_linear",
 )
 
+# The longest tests (10-70 s each on 2 cores; `make test` lists the slowest), longest first: marked ``slow``
+# and run before the rest, in this order, so that under pytest-xdist the other worker meanwhile takes the
+# short ones and no long test is left trailing alone at the end. ``pytest -m "not slow"`` leaves them out.
+SLOW_TESTS = (
+    "test_sweep.py::test_smoke_sweep_runs_every_job_ok",
+    "test_sweep.py::test_hard_crash_is_isolated_and_resume_skips_finished_jobs",
+    "test_sweep.py::test_submitit_local_launcher_runs_smoke_sweep",
+    "test_memory_model.py::test_smollm2_shaped_job_peak_is_near_the_estimate",
+    "test_report_figures.py::test_committed_report_rebuilds_from_its_tables_with_legible_figures",
+    "test_families.py::test_family_job_quantizes_trains_and_evaluates",
+    "test_stats.py::test_two_level_bootstrap_carries_seed_and_document_variance",
+    "test_gate.py::test_a_planted_fault_reaches_a_new_python_process",
+    "test_job.py::test_failed_job_exits_nonzero_from_cli",
+    "test_job.py::test_lean_heap_job_runs_and_records_its_choice",
+    "test_config_refusals.py::test_codebook_with_a_fixed_level_type_exits_nonzero_naming_both_keys",
+)
+
+
+def _position(item: pytest.Item, tests: tuple[str, ...]) -> int:
+    """Where ``item`` is listed in ``tests`` (a prefix of its node id below tests/), else len(tests)."""
+    test_id = item.nodeid.partition("/")[2]
+    return next((i for i, test in enumerate(tests) if test_id.startswith(test)), len(tests))
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in NUMERICAL_MODULES or any(
-            item.nodeid.partition("/")[2].startswith(test) for test in NUMERICAL_TESTS
-        ):
+        if item.module.__name__.rpartition(".")[2] in NUMERICAL_MODULES or _position(
+            item, NUMERICAL_TESTS
+        ) < len(NUMERICAL_TESTS):
             item.add_marker(pytest.mark.numerical)
+        if _position(item, SLOW_TESTS) < len(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: _position(item, SLOW_TESTS))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="module")
