@@ -156,8 +156,8 @@ def breakdown(harness: dict) -> str:
         table(["memory model term", "MiB"], rows)
         + f"\n\nAbove the baseline (resident set before any weight is read): model {mib(predicted)} MiB, "
         f"measured {mib(measured)} MiB, error "
-        f"**{error}** (bound ±15 %, for cpu_heap=lean: the model counts live tensors, and the default fast "
-        "heap also keeps freed activations resident)."
+        f"**{error}** (bound ±15 % under either cpu_heap policy: the model counts live tensors, and under "
+        "`fast` its heap_retained term also counts the freed chunks glibc's heap keeps resident)."
     )
 
 
