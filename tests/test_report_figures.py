@@ -53,6 +53,18 @@ def test_fit_text_leaves_a_crowded_figure_with_nothing_to_report() -> None:
     assert "\n" in ax.get_ylabel()
 
 
+def test_fit_text_wraps_a_panel_title_that_runs_off_the_canvas() -> None:
+    """A long metric name over narrow panels (2 x 2 pairwise matrices): the titles run off the canvas and
+    into each other until fit_text wraps them to their panel's width."""
+    fig, axes = panels(3, 2.0, 2.0)
+    for ax in axes:
+        ax.set_title("arc_challenge_local acc_norm (higher is better)", fontsize=10)
+    assert any("runs off" in p and "arc_challenge_local" in p for p in figure_text_problems(fig))
+    fit_text(fig)
+    assert figure_text_problems(fig) == []
+    assert "\n" in axes[0].get_title()
+
+
 def test_labels_are_placed_clear_of_a_dense_cluster_of_points() -> None:
     """Nine points close together, each labelled: no label covers a point or another label."""
     fig, (ax,) = panels(1, 4.0, 3.0)

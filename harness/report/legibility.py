@@ -133,6 +133,26 @@ def _crowded(labels: list[Text], renderer: RendererBase) -> bool:
     return any(_overlap(a, b) for a, b in zip(boxes, boxes[1:], strict=False))
 
 
+def _wrap_crowded_title(ax: Axes, fig: Figure, texts: list[Text], renderer: RendererBase) -> bool:
+    """Wrap the panel's title to the panel's width when it runs off the canvas or into another text (a
+    long metric name over narrow panels); a title the checker has nothing against is left as drawn.
+    Whether it changed."""
+    title = ax.title
+    if not title.get_text().strip():
+        return False
+    box = text_box(title, renderer)
+    on_canvas = box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1
+    if on_canvas and not any(_overlap(box, text_box(t, renderer)) for t in texts if t is not title):
+        return False
+    text = " ".join(title.get_text().split())
+    frame = ax.get_window_extent(renderer)
+    wrapped = wrap(text, max(1, int(len(text) * frame.width / box.width * 0.9)))
+    if wrapped == title.get_text():
+        return False
+    title.set_text(wrapped)
+    return True
+
+
 def _fit_once(fig: Figure) -> bool:
     """One pass of :func:`fit_text`; whether it changed anything."""
     renderer, texts = drawn_texts(fig)
@@ -151,6 +171,7 @@ def _fit_once(fig: Figure) -> bool:
                 changed = True
             else:  # a word longer than the panel: the panel grows instead
                 grow[axis] = max(grow[axis], (length - room) / fig.dpi)
+        changed |= _wrap_crowded_title(ax, fig, texts, renderer)
         ticks = [t for t in ax.get_xticklabels() if t in texts]
         if ticks and _crowded(ticks, renderer) and any(t.get_rotation() != 90 for t in ticks):
             boxes = [text_box(t, renderer) for t in ticks]
