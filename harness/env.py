@@ -14,6 +14,7 @@ from harness.device import device_name
 from harness.paths import CHECKOUT
 
 STARTED_KEY = "started_utc"  # when the job started, UTC; reports show the first and last
+COMMIT_KEY = "git_commit"  # the checkout's commit; reports list every commit a row's jobs ran at
 
 PACKAGES = (
     "torch",
@@ -74,7 +75,7 @@ def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: 
             "cpu_threads": torch.get_num_threads(),
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
-            "git_commit": git_commit(),
+            COMMIT_KEY: git_commit(),
             STARTED_KEY: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
     )

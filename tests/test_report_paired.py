@@ -361,8 +361,9 @@ def test_pool_adds_the_accuracy_over_all_documents_of_its_tasks_as_a_compared_ta
 
 def test_jobs_of_one_config_that_each_scored_one_task_are_compared_as_one_job(tmp_path: Path) -> None:
     """A config evaluated one task per job (the resumable full zero-shot run) is one row: its tasks' metrics
-    side by side, timings summed, the jobs named; a pool over the tasks spans both jobs' documents and
-    equals what one job scoring both tasks gives (the pool test above plants the same data)."""
+    side by side, timings summed, the jobs and every commit they ran at named; a pool over the tasks spans
+    both jobs' documents and equals what one job scoring both tasks gives (the pool test above plants the
+    same data)."""
     piqa = "piqa_local"
     for storage in ("bf16", "fp4"):
         frame = samples_frame(storage, DOCS)
@@ -375,7 +376,9 @@ def test_jobs_of_one_config_that_each_scored_one_task_are_compared_as_one_job(tm
             config["eval"]["tasks"] = [task]
             job = tmp_path / "sweep" / f"{storage}-{task}"
             loss = [2.4 - 0.1 * step for step in range(10)]
-            ok_result(config, {task: scores[task]}, 4.5, 400.0, loss).save(job)
+            result = ok_result(config, {task: scores[task]}, 4.5, 400.0, loss)
+            result.env["git_commit"] = "abc1234" if task == ARC else "def5678"  # resumed at a later commit
+            result.save(job)
             write_samples(job, {"after": part})
     code, stderr = run([str(tmp_path / "sweep"), "-o", str(tmp_path / "out"), "--pool", f"mean={ARC},{piqa}"])
     assert code == 0, stderr
@@ -385,8 +388,9 @@ def test_jobs_of_one_config_that_each_scored_one_task_are_compared_as_one_job(tm
         assert results.loc[storage, f"eval.{piqa}.acc"] == 1.0
         assert not math.isnan(results.loc[storage, f"eval.{ARC}.acc"])
         assert results.loc[storage, "eval.mean.n"] == 2 * DOCS
-    merged = pd.read_parquet(tmp_path / "out" / "results.parquet")["merged_jobs"]
-    assert [len(jobs) for jobs in merged] == [2, 2]
+    merged = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert [len(jobs) for jobs in merged["merged_jobs"]] == [2, 2]
+    assert set(merged["env.git_commit"]) == {"abc1234,def5678"}  # both, so staleness is checked against each
     row = comparison(tmp_path / "out", "fp4", "bf16", "mean", "acc")
     assert row["n"] == 2 * DOCS
     assert row["delta"] == pytest.approx((arc_correct("fp4") - arc_correct("bf16")).sum() / (2 * DOCS))

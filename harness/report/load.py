@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from harness.env import COMMIT_KEY
 from harness.result import ResultError, find_results, flatten, identity_columns, read_result
 from harness.stats.samples import (
     ACCURACY_METRICS,
@@ -101,7 +102,9 @@ def merge_task_jobs(table: pd.DataFrame, samples: dict[str, pd.DataFrame]) -> tu
     task and still be compared as a whole (a pool over all its tasks, say).
 
     The merged row is the first job's (its ``job_dir`` keys the joined samples) with every job's metric
-    columns, the union of the tasks, ``timings_s.*`` summed, and ``merged_jobs`` naming each job directory.
+    columns, the union of the tasks, ``timings_s.*`` summed, every commit the jobs ran at (comma-joined, so
+    a verdict row built on them is checked for staleness against each), and ``merged_jobs`` naming each
+    job directory.
     Failed jobs and jobs whose tasks overlap stay as they are; a table without such groups is returned as
     given, so merging twice changes nothing.
     """
@@ -134,10 +137,15 @@ def _task_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+COMMIT_COLUMN = f"env.{COMMIT_KEY}"
+
+
 def _merged_row(group: pd.DataFrame, tasks: list[str]) -> pd.Series:
     row = group.bfill().iloc[0].copy()  # the first job's values, each metric column from whichever job has it
     for column in (c for c in group.columns if c.startswith("timings_s.")):
         row[column] = group[column].sum(min_count=1)
+    if COMMIT_COLUMN in group:
+        row[COMMIT_COLUMN] = ",".join(sorted({str(c) for c in group[COMMIT_COLUMN].dropna()})) or None
     row[TASKS_COLUMN] = tasks
     row["merged_jobs"] = [str(j) for j in group[JOB_COLUMN]]
     return row

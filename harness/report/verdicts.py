@@ -29,6 +29,7 @@ import yaml
 
 from harness.paths import SWEEP_DIR
 from harness.report.comparisons import SelectorError, Statistics, parse_selector, select_row
+from harness.report.load import COMMIT_COLUMN
 from harness.report.render import Cell, Paragraph, Section, Table
 from harness.stats import PairedEstimate, benjamini_hochberg, holm
 from harness.stats.paired import POWER, alpha_of, mde_factor
@@ -36,7 +37,6 @@ from harness.stats.paired import POWER, alpha_of, mde_factor
 VERDICTS_FILE = "verdicts.csv"
 KINDS = ("superiority", "equivalence")
 DIRECTIONS = ("lower", "higher")
-COMMIT = "env.git_commit"
 COLUMNS = [
     "hypothesis",
     "claim",
@@ -216,10 +216,10 @@ def _verdict(h: Hypothesis, estimate: PairedEstimate, p_adjusted: float, n_to_de
 
 def _commits(ok: pd.DataFrame, rows: Sequence[Sequence[int]]) -> str:
     """The distinct git commits the jobs of ``rows`` ran at."""
-    if COMMIT not in ok:
+    if COMMIT_COLUMN not in ok:
         return ""
     jobs = [job for row in rows for job in row]
-    return ",".join(sorted({str(c) for c in ok[COMMIT][jobs].dropna()}))
+    return ",".join(sorted({c for value in ok[COMMIT_COLUMN][jobs].dropna() for c in str(value).split(",")}))
 
 
 def _evaluate_one(stats: Statistics, ok: pd.DataFrame, h: Hypothesis) -> dict[str, Any]:
