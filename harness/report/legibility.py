@@ -4,8 +4,9 @@ A figure is drawn once on an Agg canvas and every text matplotlib actually draws
 view are not) is measured with ``Text.get_window_extent``: two text boxes that overlap, a text that runs off
 the canvas, or a label (annotation) drawn on a data point is a problem. Boxes are axis-aligned, so text at
 a slant would be judged by its enclosing box; the report's figures only print text at 0° or 90°, where the
-box is exact. The same module fixes what it can (wraps axis labels to their axes, turns crowded tick
-labels upright) and places point labels where nothing else is, without any dependency beyond matplotlib.
+box is exact. The same module fixes what it can (wraps axis labels to their axes and a crowded panel title
+to its panel, turns crowded tick labels upright) and places point labels where nothing else is, without any
+dependency beyond matplotlib.
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ def _fit_once(fig: Figure) -> bool:
 
 
 def fit_text(fig: Figure, passes: int = 3) -> None:
-    """Wrap each axis label to the length of its axes and turn x tick labels upright where they collide;
-    again while a pass changed the layout (upright ticks leave the panel shorter)."""
+    """Wrap each axis label to the length of its axes and a title that runs off the canvas or into another
+    text to its panel, and turn x tick labels upright where they collide; again while a pass changed the
+    layout (upright ticks leave the panel shorter)."""
     for _ in range(passes):
         if not _fit_once(fig):
             return
