@@ -56,13 +56,15 @@ def _position(item: pytest.Item, tests: tuple[str, ...]) -> int:
     return next((i for i, test in enumerate(tests) if test_id.startswith(test)), len(tests))
 
 
+def _listed(item: pytest.Item, tests: tuple[str, ...]) -> bool:
+    return _position(item, tests) < len(tests)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module.__name__.rpartition(".")[2] in NUMERICAL_MODULES or _position(
-            item, NUMERICAL_TESTS
-        ) < len(NUMERICAL_TESTS):
+        if item.module.__name__.rpartition(".")[2] in NUMERICAL_MODULES or _listed(item, NUMERICAL_TESTS):
             item.add_marker(pytest.mark.numerical)
-        if _position(item, SLOW_TESTS) < len(SLOW_TESTS):
+        if _listed(item, SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: _position(item, SLOW_TESTS))  # stable: the rest keep their order
 

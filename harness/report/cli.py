@@ -173,8 +173,7 @@ def build_report(
     markdown, html = out / "report.md", out / "report.html"
     markdown.write_text(render_markdown(document), encoding="utf-8")
     html.write_text(render_html(document, out), encoding="utf-8")
-    drawn = drawn or []
-    problems = [f"{f.png}: {p}" for f in drawn for p in f.problems]
+    problems = [f"{f.png}: {p}" for f in drawn or [] for p in f.problems]
     return ReportPaths(
         out,
         parquet,
@@ -183,7 +182,7 @@ def build_report(
         samples_path,
         markdown,
         html,
-        [f.png for f in drawn],
+        [f.png for f in drawn or []],
         loaded.errors,
         problems,
     )

@@ -134,6 +134,17 @@ def _crowded(labels: list[Text], renderer: RendererBase) -> bool:
     return any(_overlap(a, b) for a, b in zip(boxes, boxes[1:], strict=False))
 
 
+def _rewrap(text: Text, length: float, room: float) -> bool:
+    """Break ``text`` (``length`` pixels long) into lines that fit ``room`` pixels; whether it changed (a
+    single word longer than the room stays as it is)."""
+    words = " ".join(text.get_text().split())
+    wrapped = wrap(words, int(len(words) * room / length * 0.9))
+    if wrapped == text.get_text():
+        return False
+    text.set_text(wrapped)
+    return True
+
+
 def _wrap_crowded_title(ax: Axes, fig: Figure, texts: list[Text], renderer: RendererBase) -> bool:
     """Wrap the panel's title to the panel's width when it runs off the canvas or into another text (a
     long metric name over narrow panels); a title the checker has nothing against is left as drawn.
@@ -145,13 +156,7 @@ def _wrap_crowded_title(ax: Axes, fig: Figure, texts: list[Text], renderer: Rend
     on_canvas = box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1
     if on_canvas and not any(_overlap(box, text_box(t, renderer)) for t in texts if t is not title):
         return False
-    text = " ".join(title.get_text().split())
-    frame = ax.get_window_extent(renderer)
-    wrapped = wrap(text, max(1, int(len(text) * frame.width / box.width * 0.9)))
-    if wrapped == title.get_text():
-        return False
-    title.set_text(wrapped)
-    return True
+    return _rewrap(title, box.width, ax.get_window_extent(renderer).width)
 
 
 def _fit_once(fig: Figure) -> bool:
@@ -165,10 +170,7 @@ def _fit_once(fig: Figure) -> bool:
             length = text_box(label, renderer).size[axis] if label.get_text().strip() else 0.0
             if length <= room:
                 continue
-            text = " ".join(label.get_text().split())
-            wrapped = wrap(text, int(len(text) * room / length * 0.9))
-            if wrapped != label.get_text():
-                label.set_text(wrapped)
+            if _rewrap(label, length, room):
                 changed = True
             else:  # a word longer than the panel: the panel grows instead
                 grow[axis] = max(grow[axis], (length - room) / fig.dpi)

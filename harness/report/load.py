@@ -140,12 +140,17 @@ def _task_list(value: Any) -> list[str]:
 COMMIT_COLUMN = f"env.{COMMIT_KEY}"
 
 
+def joined_commits(values: Iterable[Any]) -> str:
+    """The distinct commits in ``values`` (each one commit or several comma-joined), sorted, comma-joined."""
+    return ",".join(sorted({commit for value in values for commit in str(value).split(",") if commit}))
+
+
 def _merged_row(group: pd.DataFrame, tasks: list[str]) -> pd.Series:
     row = group.bfill().iloc[0].copy()  # the first job's values, each metric column from whichever job has it
     for column in (c for c in group.columns if c.startswith("timings_s.")):
         row[column] = group[column].sum(min_count=1)
     if COMMIT_COLUMN in group:
-        row[COMMIT_COLUMN] = ",".join(sorted({str(c) for c in group[COMMIT_COLUMN].dropna()})) or None
+        row[COMMIT_COLUMN] = joined_commits(group[COMMIT_COLUMN].dropna()) or None
     row[TASKS_COLUMN] = tasks
     row["merged_jobs"] = [str(j) for j in group[JOB_COLUMN]]
     return row

@@ -29,7 +29,7 @@ import yaml
 
 from harness.paths import SWEEP_DIR
 from harness.report.comparisons import SelectorError, Statistics, parse_selector, select_row
-from harness.report.load import COMMIT_COLUMN
+from harness.report.load import COMMIT_COLUMN, joined_commits
 from harness.report.render import Cell, Paragraph, Section, Table
 from harness.stats import PairedEstimate, benjamini_hochberg, holm
 from harness.stats.paired import POWER, alpha_of, mde_factor
@@ -219,7 +219,7 @@ def _commits(ok: pd.DataFrame, rows: Sequence[Sequence[int]]) -> str:
     if COMMIT_COLUMN not in ok:
         return ""
     jobs = [job for row in rows for job in row]
-    return ",".join(sorted({c for value in ok[COMMIT_COLUMN][jobs].dropna() for c in str(value).split(",")}))
+    return joined_commits(ok[COMMIT_COLUMN][jobs].dropna())
 
 
 def _evaluate_one(stats: Statistics, ok: pd.DataFrame, h: Hypothesis) -> dict[str, Any]:
