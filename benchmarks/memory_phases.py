@@ -88,13 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with PhaseMeter() as meter:
         result = run_job(load_job_config(args.config), args.job_dir)
-    train = result.train or {}
+    train = result.train
     record = {
         "status": result.status,
         # the last interval (after the last step) is the job's own VmHWM reading
-        "peak_rss": max([r["peak_rss"] for r in meter.records] + [train.get("peak_memory_bytes") or 0]),
-        "memory_estimate": train.get("memory_estimate"),
-        "largest_batch": train.get("largest_batch"),
+        "peak_rss": max([r["peak_rss"] for r in meter.records] + [train.peak_memory_bytes if train else 0]),
+        "memory_estimate": train.memory_estimate if train else None,
+        "largest_batch": train.largest_batch if train else None,
         "phases": meter.peaks(),
         "records": meter.records,
     }
