@@ -11,9 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from harness.config import register_configs
-from harness.job import run_job
 from harness.paths import CONF_DIR
-from harness.plan.sweep import refuse_if_wont_fit
 from harness.sweep.isolate import Outcome, run_isolated
 from harness.sweep.summary import record_outcome
 
@@ -32,6 +30,14 @@ def _pop_plan(cfg: DictConfig) -> str | None:
     return None if value in (None, False) else str(value)
 
 
+def _refusal(cfg: DictConfig, job_dir: Path, name: str, device: str) -> str | None:
+    """Why the job cannot fit on ``device`` (harness.plan.sweep), or None; the planner, which reads models
+    through transformers, is imported only when ``+plan`` asks for it."""
+    from harness.plan.sweep import refuse_if_wont_fit
+
+    return refuse_if_wont_fit(cfg, job_dir, name, device)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
@@ -39,7 +45,7 @@ def _main(cfg: DictConfig) -> None:
     force = _pop_force(cfg)
     plan = _pop_plan(cfg)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    reason = plan and refuse_if_wont_fit(cfg, job_dir, hydra_cfg.job.override_dirname or "defaults", plan)
+    reason = plan and _refusal(cfg, job_dir, hydra_cfg.job.override_dirname or "defaults", plan)
     if reason and not multirun:
         print(f"[failed] {job_dir} {reason}", flush=True)
         sys.exit(1)
@@ -50,6 +56,8 @@ def _main(cfg: DictConfig) -> None:
         record_outcome(Path(hydra_cfg.sweep.dir), outcome)
         print(f"[{outcome.status}] {job_dir} {outcome.reason}".rstrip(), flush=True)
         return
+    from harness.job import run_job  # a sweep's launcher never runs a job itself: it starts without them
+
     result = run_job(cfg, job_dir)
     print(f"[{result.status}] {job_dir / 'result.json'}", flush=True)
     if not result.ok:

@@ -3,16 +3,21 @@
 transformers' BitsAndBytesConfig has no block-size option, so the harness calls quantize_4bit itself.
 Every tensor of the QuantState is held by role so that storage is counted from real tensors, and the
 QuantState is rebuilt around them for each dequantize (cheap: no copies), which keeps `.to(device)` a
-plain move of tensors.
+plain move of tensors. bitsandbytes is imported where it is first called: its import compiles its CPU
+kernels with torch.compile (~2.6 s of every process start), which jobs of other storage types, the sweep's
+launcher and the command line's checks never need.
 """
 
 from __future__ import annotations
 
-import bitsandbytes.functional as bnbf
+from typing import TYPE_CHECKING
+
 import torch
-from bitsandbytes.functional import QuantState
 
 from harness.quant.spec import ABSMAX_BLOCKSIZE, StorageArgs, StorageSpec, theoretical_bits_per_param
+
+if TYPE_CHECKING:
+    from bitsandbytes.functional import QuantState
 
 
 def encode_bnb4(
@@ -20,6 +25,8 @@ def encode_bnb4(
 ) -> dict[str, torch.Tensor]:
     """codes: packed uint8; absmax: fp32, or uint8 when nested; code: the 16-value NF4/FP4 codebook;
     nested adds absmax2 (fp32 per 256 constants), offset (fp32) and code2 (the 256-value dynamic map)."""
+    import bitsandbytes.functional as bnbf
+
     codes, state = bnbf.quantize_4bit(
         weight, blocksize=blocksize, compress_statistics=double_quant, quant_type=quant_type
     )
@@ -33,6 +40,8 @@ def quant_state(
     tensors: dict[str, torch.Tensor], shape: torch.Size, blocksize: int, dtype: torch.dtype, quant_type: str
 ) -> QuantState:
     """The bitsandbytes QuantState over the held tensors; `dtype` is what dequantize_4bit will return."""
+    from bitsandbytes.functional import QuantState
+
     state2 = None
     if "absmax2" in tensors:
         state2 = QuantState(
@@ -62,6 +71,8 @@ def decode_bnb4(
     (bitsandbytes' fallback recompiles with torch.compile for each shape), so other weights are
     dequantized flat and padded to an even length (the pad nibble falls in the last block).
     """
+    import bitsandbytes.functional as bnbf
+
     if len(shape) > 1 and shape[-1] % blocksize == 0:
         state = quant_state(tensors, shape, blocksize, dtype, quant_type)
         return bnbf.dequantize_4bit(tensors["codes"], state)

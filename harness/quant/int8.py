@@ -1,23 +1,30 @@
 """int8: bitsandbytes' LLM.int8() storage (row-wise absmax int8 codes + one fp32 scale per row).
 
 bitsandbytes 0.50 runs it on CPU (forward and input gradient; checked by tests/test_quant_layer.py) as
-well as on CUDA, its primary target.
+well as on CUDA, its primary target. bitsandbytes is imported where it is first called (see
+``harness.quant.bnb4``).
 """
 
 from __future__ import annotations
 
-import bitsandbytes as bnb
-import bitsandbytes.functional as bnbf
+import sys
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from harness.quant.spec import StorageArgs, StorageSpec
+
+if TYPE_CHECKING:
+    import bitsandbytes as bnb
 
 OUTLIER_THRESHOLD = 6.0  # LLM.int8() paper: activation columns above this stay in 16 bit
 
 
 def encode_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
     """codes: int8 (rows, last dim); absmax: fp32 per row. Quantized from fp16, as Linear8bitLt does."""
+    import bitsandbytes.functional as bnbf
+
     rows = weight.reshape(-1, weight.shape[-1]).to(torch.float16)
     codes, absmax, _ = bnbf.int8_vectorwise_quant(rows)
     return {"codes": codes, "absmax": absmax}
@@ -25,11 +32,15 @@ def encode_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def decode_int8(tensors: dict[str, torch.Tensor], shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """Dequantized weight in its original shape."""
+    import bitsandbytes.functional as bnbf
+
     return bnbf.int8_vectorwise_dequant(tensors["codes"], tensors["absmax"]).to(dtype).view(shape)
 
 
 def linear8bit(linear: nn.Linear, compute_dtype: torch.dtype) -> bnb.nn.Linear8bitLt:
     """Frozen LLM.int8() layer on the linear's device; bnb computes in the input's dtype (bias follows it)."""
+    import bitsandbytes as bnb
+
     layer = bnb.nn.Linear8bitLt(
         linear.in_features,
         linear.out_features,
@@ -46,6 +57,13 @@ def linear8bit(linear: nn.Linear, compute_dtype: torch.dtype) -> bnb.nn.Linear8b
     return layer
 
 
+def is_linear8bit(module: nn.Module) -> bool:
+    """Whether ``module`` is bitsandbytes' Linear8bitLt, without importing bitsandbytes: no module can be one
+    of its layers before it is imported."""
+    bnb = sys.modules.get("bitsandbytes")
+    return bnb is not None and isinstance(module, bnb.nn.Linear8bitLt)
+
+
 def _row_scales(layer: bnb.nn.Linear8bitLt) -> torch.Tensor:
     """The fp32 row scales, which bnb moves from the weight to the layer state on first use."""
     return layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
@@ -58,6 +76,8 @@ def linear8bit_bytes(layer: bnb.nn.Linear8bitLt) -> int:
 
 def linear8bit_weight(layer: bnb.nn.Linear8bitLt) -> torch.Tensor:
     """The weight the layer stores (int8 codes times row scales), dequantized to fp32."""
+    import bitsandbytes.functional as bnbf
+
     return bnbf.int8_vectorwise_dequant(layer.weight.data, _row_scales(layer)).float()
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 
-import bitsandbytes as bnb
 import torch
 from torch import nn
 
-from harness.quant.int8 import linear8bit_bytes, linear8bit_weight
+from harness.quant.int8 import is_linear8bit, linear8bit_bytes, linear8bit_weight
 from harness.quant.layer import QuantLinear
 
 
@@ -17,7 +16,7 @@ def stored_weight(module: nn.Module) -> torch.Tensor:
     """The weight a frozen layer computes with, in fp32: a transient copy of this one layer."""
     if isinstance(module, QuantLinear):
         return module.qweight.dequantize(torch.float32)
-    if isinstance(module, bnb.nn.Linear8bitLt):
+    if is_linear8bit(module):
         return linear8bit_weight(module)
     if isinstance(module, nn.Linear):
         return module.weight.float()
@@ -59,7 +58,7 @@ def storage_bytes(module: nn.Module) -> tuple[int, int]:
     """(bytes, parameters) of a frozen layer's weight storage, measured from its tensors; bias excluded."""
     if isinstance(module, QuantLinear):
         return module.qweight.nbytes, module.qweight.numel
-    if isinstance(module, bnb.nn.Linear8bitLt):
+    if is_linear8bit(module):
         return linear8bit_bytes(module), module.weight.numel()
     if isinstance(module, nn.Linear):
         return module.weight.nbytes, module.weight.numel()
