@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,10 +19,11 @@ from test_report_paired import write_datatypes_sweep
 from test_sweep import _sweep_jobs
 
 from harness.config import config_dict, validate_config
-from harness.paths import SWEEP_DIR
+from harness.paths import CHECKOUT, SWEEP_DIR
 from harness.report.cli import main
 from harness.report.comparisons import Comparison, Statistics
 from harness.report.metrics import Row, show
+from harness.report.verdict_table import NEUTRAL_REVS
 from harness.report.verdicts import (
     COLUMNS,
     Declaration,
@@ -228,6 +230,21 @@ def test_a_row_is_stale_only_after_a_change_to_code_that_affects_results(tmp_pat
     assert first_change_since(run, tmp_path) == changed  # the first such commit: stable as history grows
     assert first_change_since(run + "-dirty", tmp_path) == "unknown (dirty tree)"
     assert first_change_since("0" * 40, tmp_path).startswith("unknown")
+    # a commit listed as result-neutral (imports moved, bit-identical results) no longer counts; the next does
+    full = _git(tmp_path, "rev-parse", changed)
+    (tmp_path / NEUTRAL_REVS).write_text(f"# comment line\n{full}  # moved an import; smoke bit-identical\n")
+    assert first_change_since(run, tmp_path) == _git(tmp_path, "rev-parse", "--short", "HEAD")
+
+
+def test_every_commit_listed_as_result_neutral_is_in_history_and_says_why():
+    """``.results-neutral-revs`` names commits by full hash, each in this checkout's history, each with its
+    evidence after ``#``: a mistyped or unexplained line would silently keep stale verdicts current."""
+    lines = [line for line in (CHECKOUT / NEUTRAL_REVS).read_text().splitlines() if not line.startswith("#")]
+    for line in filter(str.strip, lines):
+        full, _, why = line.partition("#")
+        assert re.fullmatch(r"[0-9a-f]{40}", full.strip()) and why.strip(), line
+        kind = _git(CHECKOUT, "cat-file", "-t", full.strip())
+        assert kind == "commit", line
 
 
 def test_the_readme_verdict_table_is_the_generated_one():

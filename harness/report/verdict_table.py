@@ -3,7 +3,9 @@
 Each row names the commit its runs were made at; a row is *stale* when code that can change results has
 changed since (any commit touching ``harness/`` outside ``report/``, ``stats/`` and ``compare/``, which only
 read results; ``conf/sweep/``: a sweep's grid and declared hypotheses, while each run records the config it
-ran; and ``env.py``, which records where and when a job ran), and says which commit first did. The table
+ran; and ``env.py``, which records where and when a job ran), and says which commit first did. Commits
+listed in ``.results-neutral-revs`` at the checkout's root (moved imports and the like, each with the
+evidence that results stayed bit-identical) do not count. The table
 sits in README.md between the markers below; ``--check`` exits 1 when the README's table is not the
 generated one (a test runs it).
 """
@@ -31,24 +33,35 @@ CANNOT_CHANGE_RESULTS = (
     "harness/conf/sweep",
     "harness/env.py",
 )
+NEUTRAL_REVS = ".results-neutral-revs"
 HEADERS = ["sweep", "hypothesis", "claim", "Δ [95 % CI]", "p (adjusted)", "verdict", "run", "current"]
 
 
+def neutral_commits(checkout: Path) -> set[str]:
+    """Full hashes listed in ``.results-neutral-revs`` (one per line; ``#`` starts a comment)."""
+    path = checkout / NEUTRAL_REVS
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return {line.split("#")[0].strip() for line in lines} - {""}
+
+
 def first_change_since(commit: str, checkout: Path) -> str | None:
-    """The oldest commit after ``commit`` that touched result-affecting code, or None when none did;
-    ``unknown`` when git does not know ``commit`` (or it was made from a dirty tree)."""
+    """The oldest commit after ``commit`` that touched result-affecting code and is not listed as
+    neutral, or None when none did; ``unknown`` when git does not know ``commit`` (or it was made from a
+    dirty tree)."""
     if commit.endswith("-dirty"):
         return "unknown (dirty tree)"
     excluded = [f":(exclude){path}" for path in CANNOT_CHANGE_RESULTS]
     found = subprocess.run(
-        ["git", "log", "--reverse", "--format=%h", f"{commit}..HEAD", "--", "harness", *excluded],
+        ["git", "log", "--reverse", "--format=%H %h", f"{commit}..HEAD", "--", "harness", *excluded],
         cwd=checkout,
         capture_output=True,
         text=True,
     )
     if found.returncode != 0:
         return "unknown (commit not in this checkout)"
-    changes = found.stdout.split()
+    neutral = neutral_commits(checkout)
+    logged = (line.split() for line in found.stdout.splitlines())
+    changes = [short for full, short in logged if full not in neutral]
     return changes[0] if changes else None
 
 
