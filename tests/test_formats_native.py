@@ -18,7 +18,7 @@ def torch_path(monkeypatch, *args) -> torch.Tensor:
 @pytest.mark.skipif(_library() is None, reason="no C compiler: the torch path is the only one")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("levels", [normal_float_levels(), fp4_e2m1_levels()], ids=["16 levels", "15 levels"])
-@pytest.mark.parametrize("blocks, half", [(1, 8), (7, 32), (4099, 32), (3, 2048)])
+@pytest.mark.parametrize("blocks, half", [(1, 8), (5, 24), (7, 32), (4099, 32), (3, 2048)])
 def test_native_decode_equals_torch(monkeypatch, dtype, levels, blocks: int, half: int):
     """Random bytes, scales of both signs, zero and large ones, block counts that split unevenly over
     threads (4099 blocks of 64 values runs threaded): identical values, numel cut included."""

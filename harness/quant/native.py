@@ -5,10 +5,11 @@ an index, gather, scale, cast), about 4x the memory traffic of bitsandbytes' fus
 kept the codebook types at 2.0-2.3x bitsandbytes NF4's layer time in bf16 (reports/quant/codebook.md).
 This module compiles one small C loop with the system C compiler on first use (the way bitsandbytes
 loads its library: ctypes, plain C, no torch headers, well under a second) into a per-user cache and
-runs it on torch's CPU threads. Per block it forms the 16 products level * scale in fp32 once and
+runs it on torch's own OpenMP threads. Per block it forms the 16 products level * scale in fp32 once and
 rounds each to the output dtype once (bf16 by round-half-even, as torch's cast), then looks the codes up
 in that table: on CPUs with AVX-512 (checked at run time; the file is built for any x86-64 or other CPU)
-one permute yields 16 fp32 or 32 bf16/fp16 values, already interleaved, else one store per byte for both
+the fp32 and bf16 tables are built in one register (one multiply, an in-register rounding) and one
+permute yields 16 fp32 or 32 bf16/fp16 values, already interleaved, else one store per byte for both
 values. The same values as the torch path, bit for bit (tested).
 
 Where no compiler is found or compiling fails, ``decode_pairs`` returns None and callers keep the torch
@@ -23,7 +24,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -48,27 +48,24 @@ static inline uint32_t bits_f16(float f) {
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-/* AVX-512: one permute looks up 16 (32-bit) or 32 (16-bit) values in a register holding the block's
-   table; the indices are laid out so that the results come out interleaved (high nibble first). */
-__attribute__((target("avx512f,avx512bw"))) static int64_t wide16(const uint8_t *p, const uint32_t *table,
-                                                                   uint32_t *o, int64_t half) {
-    uint16_t t16[32] = {0};
-    for (int k = 0; k < 16; k++) t16[k] = (uint16_t)table[k];
-    __m512i tab = _mm512_loadu_si512(t16), low = _mm512_set1_epi32(15);
+/* AVX-512: a block's table is one register (16 fp32 products level * scale from one multiply, or those
+   rounded to bf16 in-register), and one permute looks up 16 (32-bit) or 32 (16-bit) values in it; the
+   indices are laid out so that the results come out interleaved (high nibble first). */
+__attribute__((target("avx512f,avx512bw"))) static inline __m512i pair_index16(const uint8_t *p) {
+    __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m512i lo = _mm512_slli_epi32(_mm512_and_si512(d, _mm512_set1_epi32(15)), 16);
+    return _mm512_or_si512(_mm512_srli_epi32(d, 4), lo);
+}
+__attribute__((target("avx512f,avx512bw"))) static int64_t wide16(const uint8_t *p, __m512i tab, uint32_t *o,
+                                                                   int64_t half) {
     int64_t j = 0;
-    for (; j + 16 <= half; j += 16) {
-        __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + j)));
-        __m512i lo = _mm512_slli_epi32(_mm512_and_si512(d, low), 16);
-        __m512i idx = _mm512_or_si512(_mm512_srli_epi32(d, 4), lo);
-        _mm512_storeu_si512(o + j, _mm512_permutexvar_epi16(idx, tab));
-    }
+    for (; j + 16 <= half; j += 16)
+        _mm512_storeu_si512(o + j, _mm512_permutexvar_epi16(pair_index16(p + j), tab));
     return j;
 }
-__attribute__((target("avx512f"))) static int64_t wide32(const uint8_t *p, const uint64_t *table, uint64_t *o,
+__attribute__((target("avx512f"))) static int64_t wide32(const uint8_t *p, __m512i tab, uint64_t *o,
                                                          int64_t half) {
-    uint32_t t32[16];
-    for (int k = 0; k < 16; k++) t32[k] = (uint32_t)table[k];
-    __m512i tab = _mm512_loadu_si512(t32), low = _mm512_set1_epi64(15);
+    __m512i low = _mm512_set1_epi64(15);
     int64_t j = 0;
     for (; j + 8 <= half; j += 8) {
         __m512i q = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(p + j)));
@@ -78,25 +75,80 @@ __attribute__((target("avx512f"))) static int64_t wide32(const uint8_t *p, const
     }
     return j;
 }
+/* bits_bf16 on 16 lanes: round half to even, NaN stays NaN; the bf16 values in the low 16 bits. */
+__attribute__((target("avx512f"))) static inline __m512i round_bf16(__m512 v) {
+    __m512i u = _mm512_castps_si512(v), one = _mm512_set1_epi32(1);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                            _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+}
+/* Whole blocks [first, first + count): the table in-register, then the permutes, the tail per byte. */
+__attribute__((target("avx512f,avx512bw"))) static void blocks_bf16(const uint8_t *packed,
+                                                                    const float *scale, const float *levels,
+                                                                    uint32_t *out, int64_t first,
+                                                                    int64_t count, int64_t half) {
+    __m512 lv = _mm512_loadu_ps(levels);
+    for (int64_t b = first; b < first + count; b++) {
+        __m256i t16 = _mm512_cvtepi32_epi16(round_bf16(_mm512_mul_ps(lv, _mm512_set1_ps(scale[b]))));
+        const uint8_t *p = packed + b * half;
+        uint32_t *o = out + b * half;
+        int64_t j = wide16(p, _mm512_zextsi256_si512(t16), o, half);
+        if (j < half) {
+            uint16_t table[16];
+            _mm256_storeu_si256((__m256i *)table, t16);
+            for (; j < half; j++) o[j] = table[p[j] >> 4] | ((uint32_t)table[p[j] & 15] << 16);
+        }
+    }
+}
+__attribute__((target("avx512f"))) static void blocks_f32(const uint8_t *packed, const float *scale,
+                                                          const float *levels, uint64_t *out, int64_t first,
+                                                          int64_t count, int64_t half) {
+    __m512 lv = _mm512_loadu_ps(levels);
+    for (int64_t b = first; b < first + count; b++) {
+        __m512 t = _mm512_mul_ps(lv, _mm512_set1_ps(scale[b]));
+        const uint8_t *p = packed + b * half;
+        uint64_t *o = out + b * half;
+        int64_t j = wide32(p, _mm512_castps_si512(t), o, half);
+        if (j < half) {
+            uint32_t table[16];
+            _mm512_storeu_si512(table, _mm512_castps_si512(t));
+            for (; j < half; j++) o[j] = table[p[j] >> 4] | ((uint64_t)table[p[j] & 15] << 32);
+        }
+    }
+}
+/* fp16 keeps the scalar table (its rounding is the compiler's); only the lookups are wide. */
+__attribute__((target("avx512f,avx512bw"))) static int64_t table16(const uint8_t *p, const uint32_t *table,
+                                                                    uint32_t *o, int64_t half) {
+    uint16_t t16[32] = {0};
+    for (int k = 0; k < 16; k++) t16[k] = (uint16_t)table[k];
+    return wide16(p, _mm512_loadu_si512(t16), o, half);
+}
 static int has_avx512(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
-#define WIDE16(p, t, o, h) (wide ? wide16(p, t, o, h) : 0)
-#define WIDE32(p, t, o, h) (wide ? wide32(p, t, o, h) : 0)
+#define WIDE_F16(p, t, o, h) (wide ? table16(p, t, o, h) : 0)
+#define BLOCKS_BF16(...) (wide ? (blocks_bf16(__VA_ARGS__), 1) : 0)
+#define BLOCKS_F32(...) (wide ? (blocks_f32(__VA_ARGS__), 1) : 0)
 #else
 static int has_avx512(void) { return 0; }
-#define WIDE16(p, t, o, h) 0
-#define WIDE32(p, t, o, h) 0
+#define WIDE_F16(p, t, o, h) 0
+#define BLOCKS_BF16(...) 0
+#define BLOCKS_F32(...) 0
 #endif
+#define NO_WIDE(p, t, o, h) 0
+#define NO_BLOCKS(...) 0
 
 /* Per block: the 16 values level * scale rounded once to the output type (as bits), then both values of
-   a byte at once (element 2j, the high nibble, at the lower address): AVX-512 permutes where the CPU
-   has them, else one scalar store per byte. */
-#define DECODE(NAME, PAIR, WIDTH, BITS, WIDE)                                                  \
+   a byte at once (element 2j, the high nibble, at the lower address). With AVX-512, fp32 and bf16 run
+   whole blocks in registers (BLOCKS) and fp16 its lookups (WIDE); else one scalar store per byte. */
+#define DECODE(NAME, PAIR, WIDTH, BITS, WIDE, BLOCKS)                                          \
     void NAME(const uint8_t *restrict packed, const float *restrict scale,                     \
               const float *restrict levels, PAIR *restrict out, int64_t first, int64_t count,  \
               int64_t half) {                                                                  \
         int wide = has_avx512();                                                               \
+        if (BLOCKS(packed, scale, levels, out, first, count, half)) return;                    \
         for (int64_t b = first; b < first + count; b++) {                                      \
             PAIR table[16];                                                                    \
             for (int k = 0; k < 16; k++) table[k] = BITS(levels[k] * scale[b]);                \
@@ -107,13 +159,36 @@ static int has_avx512(void) { return 0; }
         }                                                                                      \
     }
 
-DECODE(decode_f32, uint64_t, 32, bits_f32, WIDE32)
-DECODE(decode_bf16, uint32_t, 16, bits_bf16, WIDE16)
-DECODE(decode_f16, uint32_t, 16, bits_f16, WIDE16)
+DECODE(decode_f32, uint64_t, 32, bits_f32, NO_WIDE, BLOCKS_F32)
+DECODE(decode_bf16, uint32_t, 16, bits_bf16, NO_WIDE, BLOCKS_BF16)
+DECODE(decode_f16, uint32_t, 16, bits_f16, WIDE_F16, NO_BLOCKS)
+
+/* All blocks, split evenly over `threads` threads of the OpenMP runtime torch runs on (built without
+   OpenMP the pragma is ignored and the chunks run one after another). */
+#define SPLIT(NAME, PAIR)                                                                      \
+    void NAME##_split(const uint8_t *packed, const float *scale, const float *levels, PAIR *out, \
+                      int64_t blocks, int64_t half, int64_t threads) {                         \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                      \
+        for (int64_t t = 0; t < threads; t++) {                                                \
+            int64_t first = blocks * t / threads, last = blocks * (t + 1) / threads;           \
+            NAME(packed, scale, levels, out, first, last - first, half);                       \
+        }                                                                                      \
+    }
+SPLIT(decode_f32, uint64_t)
+SPLIT(decode_bf16, uint32_t)
+SPLIT(decode_f16, uint32_t)
 """
-_FUNCTIONS = {torch.float32: "decode_f32", torch.bfloat16: "decode_bf16", torch.float16: "decode_f16"}
-_FLAGS = ("-O3", "-shared", "-fPIC")
-_MIN_BYTES_PER_THREAD = 1 << 16  # below this, one thread: a pool hand-off costs more than it saves
+_FUNCTIONS = {
+    torch.float32: "decode_f32_split",
+    torch.bfloat16: "decode_bf16_split",
+    torch.float16: "decode_f16_split",
+}
+# -fopenmp links libgomp by its soname, so the loader hands the library the runtime torch already loaded:
+# one thread team, which torch.set_num_threads sizes. A pool of our own threads had to share the cores
+# with that team's threads while they spun after torch's last parallel op (+4 ms per 4096x4096 decode
+# after a double-quantized absmax). Without OpenMP (e.g. clang without libomp) it builds serial.
+_FLAG_SETS = (("-O3", "-shared", "-fPIC", "-fopenmp"), ("-O3", "-shared", "-fPIC"))
+_MIN_BYTES_PER_THREAD = 1 << 16  # below this, one thread: a hand-off costs more than it saves
 
 
 def _cache_dir() -> Path:
@@ -122,11 +197,22 @@ def _cache_dir() -> Path:
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    """The compiled decode, built once per source and compiler into the cache; None without one."""
+    """The compiled decode, built once per source, compiler and flags into the cache (with OpenMP where
+    the compiler has it); None without a compiler or where no build works."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if os.environ.get("QLORA_BENCH_NATIVE", "1") == "0" or compiler is None:
         return None
-    key = hashlib.sha256("\0".join([_SOURCE, compiler, *_FLAGS]).encode()).hexdigest()[:16]
+    for flags in _FLAG_SETS:
+        library = _build(compiler, flags)
+        if library is not None:
+            for name in _FUNCTIONS.values():
+                getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+            return library
+    return None
+
+
+def _build(compiler: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
+    key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"decode-{key}.so"
     try:
         if not target.exists():
@@ -135,21 +221,12 @@ def _library() -> ctypes.CDLL | None:
                 source, built = Path(scratch) / "decode.c", Path(scratch) / "decode.so"
                 source.write_text(_SOURCE)
                 subprocess.run(
-                    [compiler, *_FLAGS, str(source), "-o", str(built)], check=True, capture_output=True
+                    [compiler, *flags, str(source), "-o", str(built)], check=True, capture_output=True
                 )
                 os.replace(built, target)  # atomic: concurrent jobs never load a half-written file
-        library = ctypes.CDLL(str(target))
+        return ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError):
         return None
-    for name in _FUNCTIONS.values():
-        getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
-    return library
-
-
-@cache
-def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
-    """One pool per process: a forked child inherits the parent's pool object but not its threads."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="qlora-decode")
 
 
 def decode_pairs(
@@ -168,17 +245,6 @@ def decode_pairs(
     blocks, half = packed.shape
     out = torch.empty(blocks, 2 * half, dtype=dtype)
     pointers = (packed.data_ptr(), scale.data_ptr(), table.data_ptr(), out.data_ptr())
-    kernel = getattr(library, function)
     threads = max(1, min(torch.get_num_threads(), packed.numel() // _MIN_BYTES_PER_THREAD))
-    if threads == 1:
-        kernel(*pointers, 0, blocks, half)
-        return out
-    bounds = [blocks * i // threads for i in range(threads + 1)]
-    chunks = zip(bounds[:-1], bounds[1:], strict=True)
-    jobs = [
-        _pool(threads, os.getpid()).submit(kernel, *pointers, first, last - first, half)
-        for first, last in chunks
-    ]
-    for job in jobs:
-        job.result()  # ctypes releases the GIL for the call, so the chunks run in parallel
+    getattr(library, function)(*pointers, blocks, half, threads)  # ctypes releases the GIL for the call
     return out
