@@ -277,7 +277,7 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
         "train=smoke",
         "eval=none",
         "lora.r=16",
-        "train.steps=3",
+        "train.steps=2",  # the second step is the first with optimizer state: every phase the model has
         "train.batch_size=4",
         "train.seq_len=256",
         "quant.compute_dtype=fp32",
@@ -292,9 +292,10 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
     estimate = result.train.memory_estimate
     baseline = estimate["terms"]["baseline_rss"]
     added, predicted = result.train.peak_memory_bytes - baseline, estimate["total"] - baseline
-    # Measured +1.2 % (407 vs 402 MiB; 2026-12-06, Intel Xeon 2 cores, this venv). The resident set moves
-    # with the environment: on 2026-12-01 the same job added 380 MiB in the project venv and 404 MiB in a
-    # fresh CI clone's (a 6 % swing). Bound: the goal, +-15 % (the measured error plus a 10-point margin).
+    # Measured +1.2 % (407 vs 402 MiB; 2026-12-06 morning, Intel Xeon 2 cores, this venv, 3 steps) and
+    # +8.3 % / +8.8 % with 3 / 2 steps later that day (375 / 374 MiB added vs 406 predicted). The resident
+    # set moves with the environment: on 2026-12-01 the same job added 380 MiB in the project venv and 404
+    # MiB in a fresh CI clone's (a 6 % swing). Bound: the goal, +-15 %.
     assert abs(predicted / added - 1) <= 0.15, (predicted >> 20, added >> 20, estimate["terms"])
     # qlora-plan, from the saved config.json alone (meta device), predicts the same peak for this batch.
     job = validate_config(config_dict(cfg))

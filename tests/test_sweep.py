@@ -54,11 +54,11 @@ def _statuses(sweep_dir: Path) -> dict[str, str]:
 
 def test_smoke_sweep_runs_every_job_ok(tmp_path):
     """The named smoke sweep finishes with every storage type ok and a summary line (its 150 training steps
-    cut to 20: this checks the sweep, CI's gate checks what the steps learn)."""
-    proc = _sweep(tmp_path, "+sweep=smoke", "train.steps=20")
+    cut to 5: this checks the sweep, CI's gate checks what the steps learn)."""
+    proc = _sweep(tmp_path, "+sweep=smoke", "train.steps=5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     statuses = _statuses(tmp_path)
-    assert sorted(statuses) == sorted(f"quant={s},train.steps=20" for s in ("bf16", "nf4", "fp4", "int4"))
+    assert sorted(statuses) == sorted(f"quant={s},train.steps=5" for s in ("bf16", "nf4", "fp4", "int4"))
     assert set(statuses.values()) == {"ok"}
     assert "4 ok, 0 failed, 0 skipped" in proc.stdout
 
@@ -87,7 +87,7 @@ def test_hard_crash_is_isolated_and_resume_skips_finished_jobs(tmp_path):
 def test_submitit_local_launcher_runs_smoke_sweep(tmp_path):
     """hydra-submitit-launcher's local launcher (the engine behind Slurm runs) runs the smoke sweep."""
     proc = _sweep(
-        tmp_path, "+sweep=smoke", "quant=nf4,int4", "train.steps=20", "hydra/launcher=submitit_local"
+        tmp_path, "+sweep=smoke", "quant=nf4,int4", "train.steps=5", "hydra/launcher=submitit_local"
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(_statuses(tmp_path).values()) == {"ok"} and len(_statuses(tmp_path)) == 2
