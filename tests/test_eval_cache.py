@@ -22,6 +22,7 @@ from harness.config import LoraConfig as JobLoraConfig
 from harness.data.paths import DataDirError, resolve_data_dir
 from harness.evaluate import evaluate_model
 from harness.evaluate.packed import PackedLM, TokenTree, model_input, token_trees
+from harness.evaluate.runner import precision_kwargs
 from harness.evaluate.tasks import task_manager
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
@@ -152,3 +153,26 @@ def test_evaluate_model_writes_the_same_samples_with_either_backend(data_dir: st
     mean = before["aggregation"] == "mean"
     assert before["value"][mean].tolist() == after["value"][mean].tolist()
     assert ((after["value"] - before["value"]).abs() <= RELATIVE * before["value"].abs()).all()
+
+
+def test_a_bf16_model_is_scored_as_trained_with_fp32_log_likelihoods() -> None:
+    """evaluate_model's settings (precision_kwargs): a bf16 model runs under the autocast training used and
+    its log-likelihoods are fp32 sums of fp32 log-probabilities. A 3,900-token window's value equals the
+    float64 sum of its per-token log-probabilities within fp32 summation error (pairwise: a few ulps times
+    log2(n), < 1e-6 relative; 1e-5 allowed); lm-eval's default, a bf16 log_softmax summed in bf16, rounds it
+    to a multiple of 128 nats here (38 nats off: 1.4e-3 relative). An fp32 model gets no autocast."""
+    model, tokenizer = build_tiny_family("llama")
+    assert precision_kwargs(model)["mixed_precision_dtype"] is None
+    model = model.to(torch.bfloat16)
+    lm = PackedLM(pretrained=model, tokenizer=tokenizer, max_length=4096, **precision_kwargs(model))
+    assert lm.mixed_precision_dtype == torch.bfloat16
+    text = " ".join(f"word{i % 97} and {i * 7 % 13}" for i in range(300))
+    (value,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)], True)
+
+    tokens = lm.tok_encode(text)
+    ids = torch.tensor([[lm.prefix_token_id, *tokens[:-1]]])
+    with torch.no_grad(), lm._autocast():  # the path's own forward of a one-row chain
+        hidden = lm._causal_lm().get_decoder()(input_ids=ids).last_hidden_state[0]
+    log_probs, _ = lm._scored_log_probs(hidden, torch.arange(len(tokens)), torch.tensor(tokens))
+    expected = log_probs.double().sum().item()
+    assert abs(value - expected) <= 1e-5 * abs(expected), (value, expected)

@@ -17,6 +17,7 @@ from typing import Any
 
 import lm_eval
 import pandas as pd
+import torch
 from lm_eval.models.huggingface import HFLM
 from torch import nn
 
@@ -26,6 +27,7 @@ from harness.evaluate.metrics import task_metrics
 from harness.evaluate.packed import PackedLM
 from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, manager_for, validate_tasks
+from harness.model.precision import adapters_as_trained, autocast_dtype, model_compute_dtype
 
 
 class _DropCustomDatasetHint(logging.Filter):
@@ -45,6 +47,16 @@ def lm_eval_version() -> str:
 
 # eval.backend -> the lm-eval model class that wraps the in-memory model
 LM_CLASSES: dict[EvalBackend, type[HFLM]] = {EvalBackend.packed: PackedLM, EvalBackend.hflm: HFLM}
+
+
+def precision_kwargs(model: nn.Module) -> dict[str, Any]:
+    """HFLM's precision settings for the job's model: its forward under the autocast training ran it in
+    (``harness.model.precision``: adapter matmuls in the compute dtype) and log-probabilities in fp32, as the
+    training loss takes them. lm-eval's defaults would run the fp32 adapters in fp32 beside a bf16 model and
+    take each log-likelihood's log_softmax and sum in bf16, which rounds a 5,000-token window's sum to a
+    multiple of 32 nats. In fp32 both settings change nothing."""
+    dtype = model_compute_dtype(model)
+    return {"mixed_precision_dtype": autocast_dtype(dtype), "softmax_dtype": torch.float32}
 
 
 @contextlib.contextmanager
@@ -85,14 +97,20 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
     ``data_dir`` is ``data.data_dir`` (``None``: ``$QLORA_DATA_DIR`` or the default); the ``*_local``
     tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``. With
     ``cfg.dense_weights_mib`` > 0 the 4-bit weights are dequantized once for the run (see
-    :mod:`harness.evaluate.dense`). ``cfg.backend`` picks the lm-eval model class (``LM_CLASSES``).
+    :mod:`harness.evaluate.dense`). ``cfg.backend`` picks the lm-eval model class (``LM_CLASSES``), which
+    computes as training did (:func:`precision_kwargs`).
     """
     if not cfg.tasks:
         return Evaluation({})
     validate_tasks(cfg, data_dir)
-    with _keeps_train_mode(model), _hub_hint(), dense_weights(model, cfg.dense_weights_mib * MIB):
+    with (
+        _keeps_train_mode(model),
+        _hub_hint(),
+        dense_weights(model, cfg.dense_weights_mib * MIB),
+        adapters_as_trained(model),
+    ):
         lm = LM_CLASSES[EvalBackend(cfg.backend)](
-            pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size
+            pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, **precision_kwargs(model)
         )
         results = lm_eval.simple_evaluate(
             model=lm,

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from peft.helpers import disable_input_dtype_casting
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from harness.config import TrainConfig
 from harness.data.collate import collate
 from harness.data.instruct import IGNORE_INDEX, TokenizedExample, batch_order
+from harness.model.precision import adapter_autocast, adapters_as_trained, model_compute_dtype
 from harness.train.memory_model import BatchShape
 from harness.train.meters import peak_memory, reset_peak_memory, trim_heap
 from harness.train.optim import build_optimizer
@@ -140,22 +140,6 @@ class TrainingSetup:
     compute_dtype: torch.dtype
 
 
-def model_compute_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype the frozen model computes in: the harness casts the layers it does not quantize, the input
-    embeddings among them, to the job's compute dtype."""
-    return model.get_input_embeddings().weight.dtype
-
-
-def adapter_autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
-    """The forward's matmuls in the compute dtype, the fp32 LoRA weights cast for them, as transformers'
-    Trainer runs a bf16 model with ``bf16=True``. Without it peft casts each adapter's input up to its
-    weights' fp32, and every LoRA matmul, dropout, scaling and sum runs in fp32 with a cast on either side
-    (with the in-shape dequantize of harness.quant.bnb4, the median bf16 SmolLM2 step went from 2.91 to
-    2.07 s: reports/perf/bench_cpu*.md). The weights, their gradients and the optimizer stay fp32;
-    checkpointing re-enters the same autocast when it recomputes."""
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
 def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSetup:
     """Optimizer over the trainable (LoRA) parameters, checkpointing as configured, train mode; frees what
     loading and evaluation left behind, so the training peak starts from the live model (``trim_heap``)."""
@@ -180,7 +164,7 @@ def train_step(setup: TrainingSetup, micro_batches: list[dict[str, torch.Tensor]
     device = micro_batches[0]["input_ids"].device
     total = torch.zeros((), device=device)
     # peft's cast of each adapter input to fp32 stays off through backward, where checkpointing recomputes
-    with disable_input_dtype_casting(setup.model):
+    with adapters_as_trained(setup.model):
         for batch in micro_batches:
             with adapter_autocast(device, setup.compute_dtype):
                 loss = causal_lm_loss(setup.model, batch, setup.response_rows) / len(micro_batches)
