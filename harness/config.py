@@ -240,7 +240,8 @@ class EvalConfig:
     limit: Any = _help("examples per task (int) or a fraction of each task in (0, 1]; null: all", None)
     backend: EvalBackend = _help(
         "packed: each distinct token computed once (shared contexts, length batches; "
-        "harness/evaluate/packed.py); hflm: lm-eval's HFLM as is",
+        "harness/evaluate/packed.py); hflm: lm-eval's HFLM request path. Both run the model as trained, "
+        "log-probabilities in fp32 (harness/evaluate/runner.py precision_kwargs)",
         EvalBackend.packed,
     )
     batch_size: int = _help("lm-eval batch size (backend=hflm; packed batches by tokens)", 8)
