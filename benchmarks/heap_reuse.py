@@ -1,0 +1,69 @@
+"""Does glibc's fast heap reuse a freed activation? An MLP-shaped matmul pair, repeated, per dtype.
+
+``python -m benchmarks.heap_reuse [--rounds 6]`` runs, in a fresh process per case (MKL reads its settings
+at start), ``y = x @ up.T`` then ``z = y @ up`` with SmolLM2's MLP shapes at 8,192 tokens, freeing both,
+``--rounds`` times under ``cpu_heap=fast`` (``harness.train.meters.heap_policy``), and prints how glibc's
+heap (``mallinfo2``) grows per round. Identical rounds should reuse the same chunks (growth 0). In fp32 the
+48 MiB ``y`` is mmapped and the 18 MiB ``z`` comes from the heap; MKL's buffer cache keeps a buffer it
+allocated during the product live above ``z``, so the freed ``z`` cannot merge back into the heap's top,
+and torch's 64-byte-aligned request for the next ``z`` asks glibc (2.36 here) for a little more than the
+freed chunk: a new chunk each round. ``MKL_DISABLE_FAST_MM=1`` (MKL frees its buffers) shows the
+difference. This is the mechanism measured, not yet the memory model's term for it (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CASES = [("float32", False), ("float32", True), ("bfloat16", False)]  # (dtype, MKL_DISABLE_FAST_MM)
+TOKENS, HIDDEN, WIDEST = 8192, 576, 1536  # SmolLM2-135M's MLP at the quickstart's largest micro-batch
+MIB = 2**20
+
+
+def worker(dtype_name: str, rounds: int) -> None:
+    import torch
+
+    from harness.train.meters import heap_policy, heap_stats
+
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    with heap_policy(lean=False):
+        x = torch.randn(TOKENS, HIDDEN).to(dtype)
+        up = torch.randn(WIDEST, HIDDEN).to(dtype)
+        heap = []
+        for _ in range(rounds):
+            y = x @ up.T
+            z = y @ up
+            del y, z
+            heap.append(heap_stats())
+    print(json.dumps(heap))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=6, help="identical matmul pairs per case")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.rounds)
+        return
+    print("| dtype | MKL_DISABLE_FAST_MM | heap growth per round (MiB) | free in the heap at the end (MiB) |")
+    print("|---|---|---|---|")
+    for dtype_name, no_fast_mm in CASES:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"MKL_DISABLE_FAST_MM": "1"} if no_fast_mm else {})
+        cmd = [sys.executable, "-m", "benchmarks.heap_reuse", "--worker", dtype_name]
+        cmd += ["--rounds", str(args.rounds)]
+        heap = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        growth = [(b["heap"] - a["heap"]) / MIB for a, b in zip(heap, heap[1:], strict=False)]
+        print(
+            f"| {dtype_name} | {'1' if no_fast_mm else 'unset'} | {', '.join(f'{g:.1f}' for g in growth)} |"
+            f" {heap[-1]['free'] / MIB:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
