@@ -4,16 +4,20 @@
 at start), ``y = x @ up.T`` then ``z = y @ up`` with SmolLM2's MLP shapes at 8,192 tokens, freeing both,
 ``--rounds`` times under ``cpu_heap=fast`` (``harness.train.meters.heap_policy``), and prints how glibc's
 heap (``mallinfo2``) grows per round. Identical rounds should reuse the same chunks (growth 0). In fp32 the
-48 MiB ``y`` is mmapped and the 18 MiB ``z`` comes from the heap; MKL's buffer cache keeps a buffer it
-allocated during the product live above ``z``, so the freed ``z`` cannot merge back into the heap's top,
-and torch's 64-byte-aligned request for the next ``z`` asks glibc (2.36 here) for a little more than the
-freed chunk: a new chunk each round. ``MKL_DISABLE_FAST_MM=1`` (MKL frees its buffers) shows the
-difference. This is the mechanism measured, not yet the memory model's term for it (docs/performance.md).
+48 MiB ``y`` is mmapped and the 18 MiB ``z`` comes from the heap; when anything allocated during the
+product stays live above ``z`` (a buffer MKL caches, a tensor), the freed ``z`` cannot merge into the
+heap's top, and torch's 64-byte-aligned request for the next ``z`` is not served from it: a new chunk
+each round. Which case grows depends on that layout (two runs of the fp32 cases differed: growth every
+round with MKL's buffer cache on in one, with it off, ``MKL_DISABLE_FAST_MM=1``, in the other). The same
+with glibc alone (``libc_rounds``) is deterministic: an 18 MiB ``posix_memalign(64)`` freed under a small
+allocation kept after it is never reused, an 18 MiB ``malloc`` is. This is the mechanism measured, not
+yet the memory model's term for it (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -43,11 +47,35 @@ def worker(dtype_name: str, rounds: int) -> None:
     print(json.dumps(heap))
 
 
+def libc_rounds(aligned: bool, rounds: int, nbytes: int = 18 * MIB) -> list[float]:
+    """Heap growth (MiB, from ``sbrk``) per round of: allocate ``nbytes`` (64-byte aligned as torch asks, or
+    plain), allocate 64 KiB and keep it, free the first. In a fresh process, under the fast threshold."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallopt(-3, 32 * MIB)  # M_MMAP_THRESHOLD, as cpu_heap=fast
+    kept, tops = [], [libc.sbrk(0)]
+    for _ in range(rounds):
+        if aligned:
+            chunk = ctypes.c_void_p()
+            libc.posix_memalign(ctypes.byref(chunk), 64, nbytes)
+            chunk = chunk.value
+        else:
+            chunk = libc.malloc(nbytes)
+        kept.append(libc.malloc(64 * 1024))
+        libc.free(chunk)
+        tops.append(libc.sbrk(0))
+    return [(b - a) / MIB for a, b in zip(tops[1:], tops[2:], strict=False)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6, help="identical matmul pairs per case")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker in ("memalign", "malloc"):
+        print(json.dumps(libc_rounds(args.worker == "memalign", args.rounds)))
+        return
     if args.worker:
         worker(args.worker, args.rounds)
         return
@@ -63,6 +91,12 @@ def main() -> None:
             f"| {dtype_name} | {'1' if no_fast_mm else 'unset'} | {', '.join(f'{g:.1f}' for g in growth)} |"
             f" {heap[-1]['free'] / MIB:.1f} |"
         )
+    print("\n| glibc alone: 18 MiB chunk, 64 KiB kept after it | heap growth per round (MiB) |\n|---|---|")
+    for way in ("malloc", "memalign"):
+        cmd = [sys.executable, "-m", "benchmarks.heap_reuse", "--worker", way, "--rounds", str(args.rounds)]
+        growth = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        name = "posix_memalign(64)" if way == "memalign" else "malloc"
+        print(f"| `{name}` | {', '.join(f'{g:.1f}' for g in growth)} |")
 
 
 if __name__ == "__main__":
