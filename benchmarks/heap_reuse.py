@@ -23,15 +23,16 @@ import os
 import subprocess
 import sys
 
+from harness.train.meters import heap_policy, heap_stats
+
 CASES = [("float32", False), ("float32", True), ("bfloat16", False)]  # (dtype, MKL_DISABLE_FAST_MM)
 TOKENS, HIDDEN, WIDEST = 8192, 576, 1536  # SmolLM2-135M's MLP at the quickstart's largest micro-batch
 MIB = 2**20
 
 
-def worker(dtype_name: str, rounds: int) -> None:
+def matmul_rounds(dtype_name: str, rounds: int) -> list[dict[str, int]]:
+    """glibc's heap (``heap_stats``) after each round of ``z = (x @ up.T) @ up``, both freed."""
     import torch
-
-    from harness.train.meters import heap_policy, heap_stats
 
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
@@ -44,59 +45,68 @@ def worker(dtype_name: str, rounds: int) -> None:
             z = y @ up
             del y, z
             heap.append(heap_stats())
-    print(json.dumps(heap))
+    return heap
 
 
 def libc_rounds(aligned: bool, rounds: int, nbytes: int = 18 * MIB) -> list[float]:
     """Heap growth (MiB, from ``sbrk``) per round of: allocate ``nbytes`` (64-byte aligned as torch asks, or
-    plain), allocate 64 KiB and keep it, free the first. In a fresh process, under the fast threshold."""
-    libc = ctypes.CDLL("libc.so.6")
+    plain), allocate 64 KiB and keep it, free the first; under the fast heap, without torch."""
+    libc = ctypes.CDLL(None)  # the C library this process already runs on
     libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
-    libc.mallopt(-3, 32 * MIB)  # M_MMAP_THRESHOLD, as cpu_heap=fast
-    kept, tops = [], [libc.sbrk(0)]
-    for _ in range(rounds):
-        if aligned:
-            chunk = ctypes.c_void_p()
-            libc.posix_memalign(ctypes.byref(chunk), 64, nbytes)
-            chunk = chunk.value
-        else:
-            chunk = libc.malloc(nbytes)
-        kept.append(libc.malloc(64 * 1024))
-        libc.free(chunk)
-        tops.append(libc.sbrk(0))
+    kept = []
+    with heap_policy(lean=False):
+        tops = [libc.sbrk(0)]
+        for _ in range(rounds):
+            if aligned:
+                chunk = ctypes.c_void_p()
+                libc.posix_memalign(ctypes.byref(chunk), 64, nbytes)
+                chunk = chunk.value
+            else:
+                chunk = libc.malloc(nbytes)
+            kept.append(libc.malloc(64 * 1024))
+            libc.free(chunk)
+            tops.append(libc.sbrk(0))
     return [(b - a) / MIB for a, b in zip(tops[1:], tops[2:], strict=False)]
+
+
+WORKERS = {
+    "malloc": lambda rounds: libc_rounds(False, rounds),
+    "memalign": lambda rounds: libc_rounds(True, rounds),
+    "float32": lambda rounds: matmul_rounds("float32", rounds),
+    "bfloat16": lambda rounds: matmul_rounds("bfloat16", rounds),
+}
+
+
+def spawn(worker: str, rounds: int, env: dict[str, str] | None = None):
+    """``worker``'s result from a fresh process (MKL and glibc start from nothing)."""
+    cmd = [sys.executable, "-m", "benchmarks.heap_reuse", "--worker", worker, "--rounds", str(rounds)]
+    return json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+
+
+def joined(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=6, help="identical matmul pairs per case")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=6, help="identical rounds per case")
+    p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker in ("memalign", "malloc"):
-        print(json.dumps(libc_rounds(args.worker == "memalign", args.rounds)))
-        return
     if args.worker:
-        worker(args.worker, args.rounds)
+        print(json.dumps(WORKERS[args.worker](args.rounds)))
         return
     print("| dtype | MKL_DISABLE_FAST_MM | heap growth per round (MiB) | free in the heap at the end (MiB) |")
     print("|---|---|---|---|")
     for dtype_name, no_fast_mm in CASES:
         env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"MKL_DISABLE_FAST_MM": "1"} if no_fast_mm else {})
-        cmd = [sys.executable, "-m", "benchmarks.heap_reuse", "--worker", dtype_name]
-        cmd += ["--rounds", str(args.rounds)]
-        heap = json.loads(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+        heap = spawn(dtype_name, args.rounds, env)
         growth = [(b["heap"] - a["heap"]) / MIB for a, b in zip(heap, heap[1:], strict=False)]
-        print(
-            f"| {dtype_name} | {'1' if no_fast_mm else 'unset'} | {', '.join(f'{g:.1f}' for g in growth)} |"
-            f" {heap[-1]['free'] / MIB:.1f} |"
-        )
+        setting = "1" if no_fast_mm else "unset"
+        print(f"| {dtype_name} | {setting} | {joined(growth)} | {heap[-1]['free'] / MIB:.1f} |")
     print("\n| glibc alone: 18 MiB chunk, 64 KiB kept after it | heap growth per round (MiB) |\n|---|---|")
-    for way in ("malloc", "memalign"):
-        cmd = [sys.executable, "-m", "benchmarks.heap_reuse", "--worker", way, "--rounds", str(args.rounds)]
-        growth = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        name = "posix_memalign(64)" if way == "memalign" else "malloc"
-        print(f"| `{name}` | {', '.join(f'{g:.1f}' for g in growth)} |")
+    for way, name in (("malloc", "malloc"), ("memalign", "posix_memalign(64)")):
+        print(f"| `{name}` | {joined(spawn(way, args.rounds))} |")
 
 
 if __name__ == "__main__":
