@@ -12,6 +12,7 @@ import torch
 
 from harness.device import device_name
 from harness.paths import CHECKOUT
+from harness.train.meters import glibc_version
 
 STARTED_KEY = "started_utc"  # when the job started, UTC; reports show the first and last
 COMMIT_KEY = "git_commit"  # the checkout's commit; reports list every commit a row's jobs ran at
@@ -75,6 +76,8 @@ def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: 
             "cpu_threads": torch.get_num_threads(),
             "hostname": socket.gethostname(),
             "platform": platform.platform(),
+            # the C library running, which decides what the CPU heap keeps (harness.train.meters)
+            "glibc": ".".join(map(str, glibc_version())) if glibc_version() else None,
             COMMIT_KEY: git_commit(),
             STARTED_KEY: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

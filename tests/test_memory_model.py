@@ -19,6 +19,7 @@ from harness.plan.devices import host_cpu
 from harness.plan.predict import CPU_BASELINE_BYTES, peak_terms
 from harness.plan.source import meta_shape, planned_model
 from harness.result import JobResult
+from harness.train import memory_model, meters
 from harness.train.memory_model import (
     HEAP_RETAINED,
     KERNEL_CACHE_BYTES_PER_SHAPE,
@@ -28,6 +29,7 @@ from harness.train.memory_model import (
     UnmodelledFamilyError,
     block_linears,
     estimate_peak_memory,
+    heap_caveat,
     lora_params,
 )
 
@@ -247,6 +249,57 @@ def test_fast_heap_keeps_a_multiple_of_the_peak_transient_under_its_mmap_thresho
     assert large["peak_phase"] == "loss"
     terms = large["terms"]
     assert terms["heap_retained"] == round(HEAP_RETAINED * terms["saved_activations"])  # not the logits
+
+
+@pytest.mark.parametrize(
+    ("version", "device", "heap", "warned"),
+    [
+        ((2, 36), CPU, "fast", True),  # Debian 12: strands freed aligned chunks
+        ((2, 37), CPU, "fast", True),
+        ((2, 38), CPU, "fast", False),  # serves aligned requests from freed chunks
+        ((2, 41), CPU, "fast", False),
+        ((2, 36), CPU, "lean", False),  # freed activations go back to the OS: nothing to strand
+        ((2, 36), torch.device("cuda"), "fast", False),  # the CUDA allocator, not glibc
+        (None, CPU, "fast", False),  # not glibc: no heap policy is set
+    ],
+)
+def test_a_glibc_that_strands_aligned_chunks_gets_a_caveat_under_the_fast_heap(
+    monkeypatch, version, device, heap, warned
+):
+    """Before glibc 2.38 a freed 64-byte-aligned chunk is not reused for the next request of its size, so
+    the fast heap's peak can exceed the estimate: the estimate (stored by the job, printed by the planner)
+    carries a caveat naming the version."""
+    monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
+    caveat = heap_caveat(device, heap)
+    assert (caveat is not None) == warned
+    if warned:
+        assert f"glibc {version[0]}.{version[1]} (before 2.38)" in caveat and "cpu_heap=lean" in caveat
+    estimate = estimate_peak_memory(
+        SMOLLM2,
+        QuantConfig(),
+        LoraConfig(),
+        TrainConfig(),
+        targets=ALL_LINEAR,
+        batch=BatchShape(4, 256, 128),
+        compute_dtype=torch.float32,
+        device=device,
+        cpu_heap=heap,
+    )
+    assert estimate.get("caveat") == caveat
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [("glibc 2.36", (2, 36)), ("glibc 2.41.9000", (2, 41)), ("musl 1.2.5", None), (None, None), ("", None)],
+)
+def test_glibc_version_reads_the_running_c_library(monkeypatch, reported, expected):
+    """gnu_get_libc_version as os.confstr reports it: (major, minor) of glibc, None for anything else."""
+    monkeypatch.setattr(meters.os, "confstr", lambda name: reported)
+    meters.glibc_version.cache_clear()
+    try:
+        assert meters.glibc_version() == expected
+    finally:
+        meters.glibc_version.cache_clear()
 
 
 def test_job_stores_an_estimate_near_its_measured_peak(job_config, tmp_path):

@@ -17,6 +17,7 @@ from harness.plan.devices import GIB, DeviceError, device_spec
 from harness.plan.predict import ALLOCATOR_RESERVE, CUDA_CONTEXT_BYTES, JobPlan, plan_job, step_flops
 from harness.plan.source import ModelConfigError, planned_model
 from harness.quant import theoretical_bits_per_param
+from harness.train import memory_model
 from harness.train.memory_model import BatchShape
 
 # A Llama of 2 blocks: hidden 64, MLP 128, 4 query and 2 KV heads of 16, vocabulary 300, lm_head untied.
@@ -87,6 +88,23 @@ def test_largest_batch_and_sequence_are_the_edge_of_fitting(tiny_dir):
     )
     edge = plan_of(tiny_dir, f"train.batch_size={plan.max_batch_size}", "train.seq_len=32", memory_gib=0.6)
     assert edge.fits and not wider.fits
+
+
+@pytest.mark.parametrize(("version", "warned"), [((2, 36), True), ((2, 38), False)])
+def test_a_cpu_plan_under_the_fast_heap_notes_a_glibc_that_strands_freed_chunks(
+    tiny_dir, monkeypatch, version, warned
+):
+    """Planned on a CPU with glibc before 2.38 under cpu_heap=fast (the default), the plan says its peak
+    can be exceeded; from 2.38 on, or under cpu_heap=lean, it does not."""
+    monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
+
+    def strand_notes(*overrides: str) -> list[str]:
+        (label, job), *_ = compose_jobs([f"model.name_or_path={tiny_dir}", *overrides], multirun=False)
+        plan = plan_job(label, job, device_spec("cpu", 1.0), planned_model(str(tiny_dir)))
+        return [n for n in plan.notes if "64-byte-aligned" in n]
+
+    assert len(strand_notes()) == int(warned)
+    assert not strand_notes("cpu_heap=lean")
 
 
 def test_step_flops_count_three_forwards_with_checkpointing(tiny_dir):

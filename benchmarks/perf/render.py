@@ -158,6 +158,7 @@ def breakdown(harness: dict) -> str:
         f"measured {mib(measured)} MiB, error "
         f"**{error}** (bound ±15 % under either cpu_heap policy: the model counts live tensors, and under "
         "`fast` its heap_retained term also counts the freed chunks glibc's heap keeps resident)."
+        + (f" **Caveat:** {estimate['caveat']}." if "caveat" in estimate else "")
     )
 
 

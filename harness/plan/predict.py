@@ -246,4 +246,6 @@ def plan_job(
         )
     if device.note:
         plan.notes.append(f"{device.name}: {device.note}")
+    if "caveat" in estimate:
+        plan.notes.append(estimate["caveat"])
     return plan

@@ -30,7 +30,7 @@ from torch import nn
 from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
-from harness.train.meters import FAST_MMAP_THRESHOLD
+from harness.train.meters import ALIGNED_REUSE_GLIBC, FAST_MMAP_THRESHOLD, glibc_version
 
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 (get_peft_model's autocast_adapter_dtype)
 LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
@@ -321,7 +321,8 @@ def estimate_peak_memory(
     ``batch`` the largest micro-batch; ``baseline_bytes`` the resident set before loading (CPU only: the
     CUDA allocator starts empty). ``attention_fp32``: SDPA runs upcast to fp32 (harness.model.attention).
     Paged optimizer state lives in CUDA unified memory, outside the allocator that is measured, so it is
-    reported beside the terms and left out of the total there.
+    reported beside the terms and left out of the total there. ``caveat``: where the estimate may not hold
+    (``heap_caveat``).
     """
     compute_bytes = torch.finfo(compute_dtype).bits // 8
     attention_bytes = 4 if attention_fp32 else compute_bytes
@@ -361,7 +362,25 @@ def estimate_peak_memory(
     estimate = {"terms": terms, "phases": phases, "peak_phase": peak, "total": phases[peak]}
     if paged:
         estimate["paged_optimizer_state"] = state
+    if caveat := heap_caveat(device, cpu_heap):
+        estimate["caveat"] = caveat
     return estimate
+
+
+def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
+    """What a reader of a CPU estimate under the fast heap must know where this glibc strands freed chunks
+    (``harness.train.meters.ALIGNED_REUSE_GLIBC``); None where the estimate's heap term applies."""
+    version = glibc_version()
+    if device.type != "cpu" or cpu_heap != "fast" or version is None or version >= ALIGNED_REUSE_GLIBC:
+        return None
+    older = ".".join(map(str, version))
+    newer = ".".join(map(str, ALIGNED_REUSE_GLIBC))
+    return (
+        f"glibc {older} (before {newer}) does not reuse a freed 64-byte-aligned chunk for the next request "
+        "of its size, so under cpu_heap=fast the peak resident set can exceed the memory estimate (SmolLM2 "
+        "in fp32: by half; docs/performance.md); cpu_heap=lean or glibc "
+        f"{newer}+ makes the estimate hold"
+    )
 
 
 RESIDENT = ("baseline_rss", "cpu_runtime", "kernel_cache", "quantized_weights", "unquantized_params")
