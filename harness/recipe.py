@@ -173,14 +173,17 @@ def train_adapters(
         model, base.examples, job.train, base.loaded.tokenizer.pad_token_id, runtime.device, job.seed
     )
     estimate, caveats = _auxiliary(
-        "memory estimate", lambda: memory_estimate(job, runtime, base, trained.largest_batch)
+        "memory estimate",
+        lambda: memory_estimate(job, runtime, base, trained.largest_batch, trained.batch_shapes),
     )
     return TrainBlock.from_json({**trained.to_json(), **(estimate or {})}, "train"), caveats
 
 
-def memory_estimate(job: JobConfig, runtime: Runtime, base: Base, batch: BatchShape | None) -> dict[str, Any]:
-    """The analytic peak (harness.train.memory_model) for the largest batch trained, beside the measured
-    one; empty when no step trained."""
+def memory_estimate(
+    job: JobConfig, runtime: Runtime, base: Base, batch: BatchShape | None, batch_shapes: int | None = None
+) -> dict[str, Any]:
+    """The analytic peak (harness.train.memory_model) for the largest batch trained and the number of
+    distinct batch shapes, beside the measured one; empty when no step trained."""
     if batch is None:
         return {}
     model = base.loaded.model
@@ -196,6 +199,7 @@ def memory_estimate(job: JobConfig, runtime: Runtime, base: Base, batch: BatchSh
         baseline_bytes=base.baseline_rss,
         attention_fp32=runs_fp32_attention(model),
         cpu_heap=str(job.cpu_heap),
+        batch_shapes=batch_shapes,
     )
     return {"memory_estimate": estimate, "memory_estimate_bytes": estimate["total"]}
 

@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from harness.config import DataConfig, LoraConfig, TrainConfig
-from harness.data.instruct import load_records, tokenize_records
+from harness.data.instruct import batch_order, load_records, tokenize_records
 from harness.device import cpu_has_native_bf16
 from harness.job import run_job
 from harness.model.lora import attach_lora, resolve_targets
@@ -97,6 +97,23 @@ def test_only_lora_moves_and_base_stays_packed():
         else:
             assert not param.requires_grad and torch.equal(param, frozen[key]), name
     assert any(not torch.all(p == 0) for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+
+def test_training_counts_the_distinct_micro_batch_shapes_it_ran():
+    """The memory model's CPU kernel cache grows per new batch shape: the loop reports how many distinct
+    (rows, width) shapes it trained, as the batch order and right-padding to the longest row make them."""
+    model, tokenizer = build_tiny_model()
+    names = quantizable_layer_names(model, ["lm_head"])
+    replace_linear_layers(model, "nf4", 64, True, torch.float32, torch.device("cpu"), ["lm_head"])
+    peft_model = attach_lora(model, LoraConfig(r=4, dropout=0.0), resolve_targets("all-linear", names), 0)
+    data_cfg = DataConfig(num_synthetic=64)
+    examples = tokenize_records(load_records(data_cfg), tokenizer, data_cfg, 256)
+    cfg = TrainConfig(steps=4, batch_size=3, grad_accum=2, seq_len=256)
+    result = train(peft_model, examples, cfg, tokenizer.pad_token_id, torch.device("cpu"), seed=0)
+    order = batch_order(examples, cfg.batch_size, cfg.group_by_length, 0)
+    batches = [next(order) for _ in range(cfg.steps * cfg.grad_accum)]
+    expected = {(len(rows), max(len(examples[i].input_ids) for i in rows)) for rows in batches}
+    assert result.batch_shapes == len(expected) and 1 <= len(expected) <= cfg.steps * cfg.grad_accum
 
 
 @pytest.mark.parametrize(

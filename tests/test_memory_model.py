@@ -210,10 +210,23 @@ def test_bf16_halves_the_frozen_path_but_not_the_loss_buffers():
     assert bf16["loss_buffers"] > fp32["loss_buffers"]  # the bf16 logits come on top of the fp32 ones
 
 
-def test_cpu_kernel_cache_grows_per_micro_batch_below_fp32_only():
-    """oneDNN caches kernels per input shape for bf16 matmuls: one shape per micro-batch at most."""
+def test_cpu_kernel_cache_grows_per_micro_batch_shape_below_fp32_only():
+    """oneDNN caches kernels per input shape for bf16 matmuls: per distinct shape a job trained, or before
+    a run (a plan) one per micro-batch, the most there can be."""
     bf16 = estimate(dtype=torch.bfloat16, train=TrainConfig(steps=10, grad_accum=2))["terms"]
     assert bf16["kernel_cache"] == 20 * KERNEL_CACHE_BYTES_PER_SHAPE
+    trained = estimate_peak_memory(
+        SMOLLM2,
+        QuantConfig(),
+        LoraConfig(),
+        TrainConfig(steps=10, grad_accum=2),
+        targets=ALL_LINEAR,
+        batch=DEFAULT_BATCH,
+        compute_dtype=torch.bfloat16,
+        device=CPU,
+        batch_shapes=7,
+    )
+    assert trained["terms"]["kernel_cache"] == 7 * KERNEL_CACHE_BYTES_PER_SHAPE
     assert estimate(train=TrainConfig(steps=10))["terms"]["kernel_cache"] == 0  # fp32: MKL, no cache
     cuda = estimate(dtype=torch.bfloat16, device=torch.device("cuda"))["terms"]
     assert "kernel_cache" not in cuda and "cpu_runtime" not in cuda

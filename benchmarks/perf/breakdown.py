@@ -47,17 +47,18 @@ def stages(s: Settings) -> dict:
         setup_ = prepare_for_training(model, job.train)
         rss["+ LoRA (peft import, adapters), training setup"] = rss_bytes()
         reset_peak_memory(runtime.device)
-        largest = None
+        largest, shapes = None, set()
         for step, indices in enumerate(harness_batches(base.examples, job)):
             batch = collate([base.examples[i] for i in indices], base.loaded.tokenizer.pad_token_id)
             largest = grow_batch_shape(largest, batch, logit_rows_alive(batch, setup_.response_rows))
+            shapes.add(tuple(batch["input_ids"].shape))
             train_step(setup_, [batch])
             if step == 0:
                 rss["after the first step (optimizer state exists)"] = rss_bytes()
         rss["training peak (VmHWM)"] = rss_bytes("VmHWM")
     return {
         "rss": rss,
-        "estimate": memory_estimate(job, runtime, base, largest)["memory_estimate"],
+        "estimate": memory_estimate(job, runtime, base, largest, len(shapes))["memory_estimate"],
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "batch": vars(largest),
     }

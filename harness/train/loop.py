@@ -44,6 +44,7 @@ class TrainResult:
     trainable_params: int = 0
     gradient_checkpointing: bool = True
     largest_batch: BatchShape | None = None  # widest micro-batch and most logit rows, for the memory model
+    batch_shapes: int = 0  # distinct (rows, width) micro-batch shapes: the memory model's CPU kernel cache
 
     def to_json(self) -> dict:
         return {
@@ -198,6 +199,7 @@ def train(
     step_times: list[float] = []
     tokens = target_tokens = measured_tokens = 0
     largest: BatchShape | None = None
+    shapes: set[tuple[int, ...]] = set()
     measure_from = min(cfg.warmup_steps_excluded, max(cfg.steps - 1, 0))
     bar = tqdm(range(cfg.steps), desc="train", unit="step")
     _sync(device)
@@ -216,6 +218,7 @@ def train(
             target_tokens += targets
             measured_tokens += n if step >= measure_from else 0
             largest = grow_batch_shape(largest, cpu_batch, logit_rows_alive(cpu_batch, setup.response_rows))
+            shapes.add(tuple(cpu_batch["input_ids"].shape))
             micro_batches.append({k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()})
         pending.append(train_step(setup, micro_batches))
         step_times.append(time.perf_counter() - step_start)
@@ -239,4 +242,5 @@ def train(
         trainable_params=sum(p.numel() for p in setup.trainable),
         gradient_checkpointing=cfg.gradient_checkpointing,
         largest_batch=largest,
+        batch_shapes=len(shapes),
     )

@@ -44,7 +44,8 @@ MIB = 2**20
 CPU_RUNTIME_BYTES = 74 * MIB
 # bf16/fp16 on CPU: the resident set grows with every new micro-batch shape (170 MiB over 8 new widths in 10
 # steps), ~60 % of it oneDNN's primitive cache of compiled matmul kernels (ONEDNN_PRIMITIVE_CACHE_CAPACITY);
-# fp32 runs MKL's sgemm and has no such term. Counted as one new shape per micro-batch.
+# fp32 runs MKL's sgemm and has no such term. Counted per distinct micro-batch shape a job trained; a plan,
+# before any batch exists, counts every micro-batch as new (an upper bound).
 KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
 # cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
 # (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold. Fitted on
@@ -314,12 +315,14 @@ def estimate_peak_memory(
     baseline_bytes: int = 0,
     attention_fp32: bool = False,
     cpu_heap: str = "lean",
+    batch_shapes: int | None = None,
 ) -> dict:
     """Peak training memory in bytes: ``{"terms": {...}, "phases": {...}, "peak_phase": name, "total": n}``.
 
     ``quant``, ``lora`` and ``train`` are the job's config groups; ``targets`` the LoRA leaf names;
     ``batch`` the largest micro-batch; ``baseline_bytes`` the resident set before loading (CPU only: the
     CUDA allocator starts empty). ``attention_fp32``: SDPA runs upcast to fp32 (harness.model.attention).
+    ``batch_shapes``: distinct micro-batch shapes trained (CPU kernel cache; None: one per micro-batch).
     Paged optimizer state lives in CUDA unified memory, outside the allocator that is measured, so it is
     reported beside the terms and left out of the total there. ``caveat``: where the estimate may not hold
     (``heap_caveat``).
@@ -350,7 +353,7 @@ def estimate_peak_memory(
         ),
     }
     if device.type == "cpu":
-        terms.update(cpu_terms(train, compute_bytes))
+        terms.update(cpu_terms(train, compute_bytes, batch_shapes))
     phases = step_phases(terms)
     if device.type == "cpu" and cpu_heap == "fast":
         peak = max(phases, key=phases.get)
@@ -386,10 +389,10 @@ def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
 RESIDENT = ("baseline_rss", "cpu_runtime", "kernel_cache", "quantized_weights", "unquantized_params")
 
 
-def cpu_terms(train, compute_bytes: int) -> dict[str, int]:
+def cpu_terms(train, compute_bytes: int, batch_shapes: int | None = None) -> dict[str, int]:
     """What a CPU job's resident set holds beyond its tensors: the runtime, and below fp32 oneDNN's kernels
-    for each micro-batch shape (at most one new shape per micro-batch)."""
-    shapes = train.steps * train.grad_accum
+    for each distinct micro-batch shape (``batch_shapes``; unknown before a run: every micro-batch)."""
+    shapes = train.steps * train.grad_accum if batch_shapes is None else batch_shapes
     return {
         "cpu_runtime": CPU_RUNTIME_BYTES,
         "kernel_cache": KERNEL_CACHE_BYTES_PER_SHAPE * shapes if compute_bytes < LORA_BYTES else 0,
