@@ -49,7 +49,9 @@ CPU_RUNTIME_BYTES = 74 * MIB
 KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
 # cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
 # (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold. Fitted on
-# SmolLM2; a GPT-NeoX's heap kept as much with few such tensors (reports/plan/README.md): an open term.
+# SmolLM2 in bf16 under glibc 2.36, whose stranded chunks (heap_caveat) it partly absorbed: on glibc 2.41 it
+# fits fp32 (+1 %) and over-counts bf16 by a quarter; a GPT-NeoX's heap kept as much with few such tensors
+# (reports/plan/README.md, docs/performance.md): an open term.
 HEAP_RETAINED = 2.0
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
@@ -381,7 +383,7 @@ def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
     return (
         f"glibc {older} (before {newer}) does not reuse a freed 64-byte-aligned chunk for the next request "
         "of its size, so under cpu_heap=fast the peak resident set can exceed the memory estimate (SmolLM2 "
-        "in fp32: by half; docs/performance.md); cpu_heap=lean or glibc "
+        "in fp32: by up to half; docs/performance.md); cpu_heap=lean or glibc "
         f"{newer}+ makes the estimate hold"
     )
 
