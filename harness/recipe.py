@@ -180,7 +180,7 @@ def train_adapters(
 
 
 def memory_estimate(
-    job: JobConfig, runtime: Runtime, base: Base, batch: BatchShape | None, batch_shapes: int | None = None
+    job: JobConfig, runtime: Runtime, base: Base, batch: BatchShape | None, batch_shapes: int
 ) -> dict[str, Any]:
     """The analytic peak (harness.train.memory_model) for the largest batch trained and the number of
     distinct batch shapes, beside the measured one; empty when no step trained."""

@@ -33,7 +33,7 @@ def stages(s: Settings) -> dict:
     from harness.config import CpuHeap
     from harness.data.collate import collate
     from harness.recipe import Timer, attach_adapters, finish, memory_estimate, prepare_model, setup
-    from harness.train.loop import grow_batch_shape, logit_rows_alive, prepare_for_training, train_step
+    from harness.train.loop import TrainedShapes, prepare_for_training, train_step
     from harness.train.meters import heap_policy, reset_peak_memory, rss_bytes
 
     job = s.job_config()
@@ -47,20 +47,20 @@ def stages(s: Settings) -> dict:
         setup_ = prepare_for_training(model, job.train)
         rss["+ LoRA (peft import, adapters), training setup"] = rss_bytes()
         reset_peak_memory(runtime.device)
-        largest, shapes = None, set()
+        shapes = TrainedShapes()
         for step, indices in enumerate(harness_batches(base.examples, job)):
             batch = collate([base.examples[i] for i in indices], base.loaded.tokenizer.pad_token_id)
-            largest = grow_batch_shape(largest, batch, logit_rows_alive(batch, setup_.response_rows))
-            shapes.add(tuple(batch["input_ids"].shape))
+            shapes.add(batch, setup_.response_rows)
             train_step(setup_, [batch])
             if step == 0:
                 rss["after the first step (optimizer state exists)"] = rss_bytes()
         rss["training peak (VmHWM)"] = rss_bytes("VmHWM")
+    estimate = memory_estimate(job, runtime, base, shapes.largest, len(shapes.distinct))
     return {
         "rss": rss,
-        "estimate": memory_estimate(job, runtime, base, largest, len(shapes))["memory_estimate"],
+        "estimate": estimate["memory_estimate"],
         "dtype": str(runtime.dtype).removeprefix("torch."),
-        "batch": vars(largest),
+        "batch": vars(shapes.largest),
     }
 
 

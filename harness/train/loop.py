@@ -121,12 +121,22 @@ def logit_rows_alive(batch: dict[str, torch.Tensor], response_rows: bool) -> int
     return min(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()), LOSS_CHUNK_ROWS)
 
 
-def grow_batch_shape(shape: BatchShape | None, batch: dict[str, torch.Tensor], logit_rows: int) -> BatchShape:
-    """The largest micro-batch so far (rows, width, logit rows each at its maximum): the memory model's."""
-    rows, width = batch["input_ids"].shape
-    if shape is None:
-        return BatchShape(rows, width, logit_rows)
-    return BatchShape(max(shape.rows, rows), max(shape.width, width), max(shape.logit_rows, logit_rows))
+@dataclass
+class TrainedShapes:
+    """What the memory model needs of the micro-batches a run trained: the largest (rows, width and logit
+    rows each at its maximum) and the distinct (rows, width) shapes (the CPU kernel cache grows per shape)."""
+
+    largest: BatchShape | None = None
+    distinct: set[tuple[int, int]] = field(default_factory=set)
+
+    def add(self, batch: dict[str, torch.Tensor], response_rows: bool) -> None:
+        rows, width = batch["input_ids"].shape
+        logit_rows = logit_rows_alive(batch, response_rows)
+        self.distinct.add((rows, width))
+        seen = self.largest or BatchShape(rows, width, logit_rows)
+        self.largest = BatchShape(
+            max(seen.rows, rows), max(seen.width, width), max(seen.logit_rows, logit_rows)
+        )
 
 
 @dataclass
@@ -198,8 +208,7 @@ def train(
     losses: list[float] = []
     step_times: list[float] = []
     tokens = target_tokens = measured_tokens = 0
-    largest: BatchShape | None = None
-    shapes: set[tuple[int, ...]] = set()
+    shapes = TrainedShapes()
     measure_from = min(cfg.warmup_steps_excluded, max(cfg.steps - 1, 0))
     bar = tqdm(range(cfg.steps), desc="train", unit="step")
     _sync(device)
@@ -217,8 +226,7 @@ def train(
             tokens += n
             target_tokens += targets
             measured_tokens += n if step >= measure_from else 0
-            largest = grow_batch_shape(largest, cpu_batch, logit_rows_alive(cpu_batch, setup.response_rows))
-            shapes.add(tuple(cpu_batch["input_ids"].shape))
+            shapes.add(cpu_batch, setup.response_rows)
             micro_batches.append({k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()})
         pending.append(train_step(setup, micro_batches))
         step_times.append(time.perf_counter() - step_start)
@@ -241,6 +249,6 @@ def train(
         memory=peak_memory(device),
         trainable_params=sum(p.numel() for p in setup.trainable),
         gradient_checkpointing=cfg.gradient_checkpointing,
-        largest_batch=largest,
-        batch_shapes=len(shapes),
+        largest_batch=shapes.largest,
+        batch_shapes=len(shapes.distinct),
     )
