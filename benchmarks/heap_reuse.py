@@ -10,8 +10,10 @@ heap's top, and torch's 64-byte-aligned request for the next ``z`` is not served
 each round. Which case grows depends on that layout (two runs of the fp32 cases differed: growth every
 round with MKL's buffer cache on in one, with it off, ``MKL_DISABLE_FAST_MM=1``, in the other). The same
 with glibc alone (``libc_rounds``) is deterministic: an 18 MiB ``posix_memalign(64)`` freed under a small
-allocation kept after it is never reused, an 18 MiB ``malloc`` is. This is the mechanism measured, not
-yet the memory model's term for it (docs/performance.md).
+allocation kept after it is never reused, an 18 MiB ``malloc`` is. That is glibc before 2.38
+(``harness.train.meters.ALIGNED_REUSE_GLIBC``): under 2.41 (``benchmarks/with_debian_glibc.sh trixie -m
+benchmarks.heap_reuse``, 2026-12-06) the aligned chunk and both matmul cases are reused (0 MiB a round after
+the first; docs/performance.md).
 """
 
 from __future__ import annotations
