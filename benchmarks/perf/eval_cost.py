@@ -6,9 +6,13 @@ through ``harness.evaluate.evaluate_model`` on each eval group (``GROUP`` or ``G
 side by side in one run:
 
 - before: ``eval.backend=hflm``, lm-eval's HFLM: every request forwards its whole context, batches of
-  ``eval.batch_size`` requests padded to their longest, lm_head and log_softmax at every position;
-- after: ``eval.backend=packed`` (the default), ``harness.evaluate.packed.PackedLM``: each distinct token
-  once.
+  ``eval.batch_size`` requests padded to their longest, lm_head and log_softmax at every position; each
+  adapter as peft runs it, two r-wide matmuls beside the frozen one
+  (``harness.model.lora.separate_adapters``);
+- separate: ``eval.backend=packed``, ``harness.evaluate.packed.PackedLM``: each distinct token once, the
+  adapters still separate;
+- after: the same with the harness's default forward, where an fp32 model runs each adapted layer as one
+  matmul over W + s·B·A (``harness.model.lora.merged_weight``; bf16 keeps the separate matmuls).
 
 Each run is a fresh process. The LM class of each way is subclassed to count what it computes (tokens as
 requested, as computed, as padded; scored rows through lm_head), time its log-likelihood calls and keep every
@@ -41,8 +45,15 @@ from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
 from harness.env import git_commit, short_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-WAYS = {"before": "hflm", "after": "packed"}  # eval.backend
+WAYS = {"before": "hflm", "separate": "packed", "after": "packed"}  # eval.backend
+SEPARATE_ADAPTERS = frozenset({"before", "separate"})  # run under harness.model.lora.separate_adapters
+LABELS = {
+    "before": "before: `eval.backend=hflm` (lm-eval's HFLM), adapters separate",
+    "separate": "`eval.backend=packed`, adapters separate",
+    "after": "after: `eval.backend=packed` (default), adapters as the harness runs them",
+}
 TOLERANCE = 1e-4
+ADAPTER_STD = 0.01
 TOP_OPS = 10
 
 
@@ -103,12 +114,21 @@ def measured(cls):
 
 
 def quantized_model(dtype, device):
-    """The quickstart's model as a job builds it: NF4 + DQ, block 64, lm_head kept, the paper's LoRA."""
+    """The quickstart's model as a job builds it: NF4 + DQ, block 64, lm_head kept, the paper's LoRA, with B
+    drawn from N(0, ``ADAPTER_STD``²) as a stand-in for a trained adapter, so that the ways' numbers are
+    compared with the adapters contributing (B = 0, as before training, would hide a wrong merge)."""
+    import torch
+
     from harness.config import LoraConfig
     from harness.model.lora import attach_lora
 
     loaded, targets = job_model(dtype, device)
-    return attach_lora(loaded.model, LoraConfig(), targets, seed=0), loaded.tokenizer
+    model = attach_lora(loaded.model, LoraConfig(), targets, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.copy_(torch.randn(parameter.shape, generator=generator) * ADAPTER_STD)
+    return model, loaded.tokenizer
 
 
 def top_ops(profile, wall_s: float) -> list[dict]:
@@ -143,6 +163,7 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     import harness.evaluate.runner as runner
     from harness.config import EvalBackend
     from harness.device import choose_compute_dtype, pick_device
+    from harness.model.lora import separate_adapters
     from harness.train.meters import peak_memory, reset_peak_memory
 
     device = pick_device("auto")
@@ -154,13 +175,15 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     reset_peak_memory(device)
     rss_start = peak_memory(device)["peak_memory_bytes"]
     profiler = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
+    adapters = separate_adapters(model) if way in SEPARATE_ADAPTERS else contextlib.nullcontext()
     start = time.perf_counter()
-    with profiler:
+    with profiler, adapters:
         evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
     wall_s = time.perf_counter() - start
     result = {
         **lm_class.log,
         "way": way,
+        "backend": cfg.backend,
         "wall_s": wall_s,
         "dtype": str(dtype).removeprefix("torch."),
         "rss_start_bytes": rss_start,
@@ -231,7 +254,7 @@ def useful_flops(r: dict, limit: dict) -> float:
     """Linear-layer FLOPs of the tokens that had to be computed: every real (unpadded) token through the
     blocks, and through lm_head each real row (HFLM runs it at every position) or each scored row (packed)."""
     head = 2 * r["hidden"] * r["vocab"]
-    head_rows = r["real"] if r["way"] == "before" else r["head_rows"]
+    head_rows = r["real"] if r["backend"] == "hflm" else r["head_rows"]
     return (limit["flops_per_token"] - head) * r["real"] + head * head_rows
 
 
@@ -260,7 +283,8 @@ TABLE_HEAD = [
 
 
 def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict, limit: dict) -> list[str]:
-    before, after = (min(runs[way], key=lambda r: r["wall_s"]) for way in WAYS)
+    best = {way: min(runs[way], key=lambda r: r["wall_s"]) for way in WAYS}
+    before, separate, after = best["before"], best["separate"], best["after"]
     values = max_relative_difference(before["values"], after["values"])
     changed, sample_rel = sample_differences(before["samples"], after["samples"])
     speed = before["wall_s"] / after["wall_s"]
@@ -270,11 +294,12 @@ def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict, limit:
         f"## `eval={spec}` (tasks {', '.join(after['tasks'])}; limit {after['limit']})",
         "",
         *TABLE_HEAD,
-        way_row("before: `eval.backend=hflm` (lm-eval's HFLM)", before, limit),
-        way_row("after: `eval.backend=packed` (default)", after, limit),
+        *(way_row(LABELS[way], best[way], limit) for way in WAYS),
         "",
         f"- **Evaluation wall time**: {speed:.2f}x {'faster' if speed > 1 else 'SLOWER'} "
-        f"({before['wall_s']:.2f} s → {after['wall_s']:.2f} s; all runs, s: {all_runs}).",
+        f"({before['wall_s']:.2f} s → {after['wall_s']:.2f} s; all runs, s: {all_runs}); packing alone "
+        f"{before['wall_s'] / separate['wall_s']:.2f}x, the adapters as the harness runs them "
+        f"{separate['wall_s'] / after['wall_s']:.2f}x more ({MERGE_NOTE[after['dtype'] == 'float32']}).",
         f"- **Tokens**: HFLM computes {before['padded'] / before['requested']:.2f}x the requested tokens "
         f"(padding included), packed {after['padded'] / after['requested']:.2f}x "
         f"({after['padded'] / after['real'] - 1:.1%} padding); lm_head rows {before['head_rows']:,} → "
@@ -286,6 +311,12 @@ def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict, limit:
         "",
         *where_time_goes(profiled),
     ]
+
+
+MERGE_NOTE = {
+    True: "fp32: each adapted layer one matmul over W + s·B·A",
+    False: "bf16 keeps the separate adapter matmuls: the same forward twice, so the ratio is noise",
+}
 
 
 def where_time_goes(where: dict) -> list[str]:
@@ -314,8 +345,8 @@ def header(args: argparse.Namespace, first: dict, limit: dict, rows: int) -> lis
         f"- **Commit**: `{p['commit']}`. **Machine**: {p['machine']}; torch on {first['threads']} threads. "
         f"**Date**: {p['date']}.",
         f"- **Model**: {MODEL} (the shipped Q4_1 GGUF) in NF4, block 64, double quantization, lm_head "
-        "kept, the paper's LoRA (r 64, all linear layers, B = 0 as before training); compute dtype "
-        f"{first['dtype']}.",
+        f"kept, the paper's LoRA (r 64, all linear layers, B ~ N(0, {ADAPTER_STD}²) standing in for a "
+        f"trained adapter); compute dtype {first['dtype']}.",
         f"- **Evaluation**: `harness.evaluate.evaluate_model`; HFLM batch size {first['batch_size']}, "
         f"packed {BATCH_TOKENS_NOTE}. {args.repeats} runs per way in turns, each in a fresh process; the "
         "fastest is shown.",

@@ -1,0 +1,107 @@
+"""QuantLoraLinear's merged forward (harness.model.lora.merged_weight): in an fp32 forward with no gradient and
+no dropout an adapted layer runs one matmul over W + s·B·A instead of peft's base-plus-adapter matmuls, the
+same function up to fp32 rounding, and nowhere else.
+
+Tolerance: both ways sum the same products in fp32, grouped differently: y = x·(W + s·B·A)ᵀ vs
+x·Wᵀ + s·(x·Aᵀ)·Bᵀ. Each output is a sum of at most in + r terms (plus the r-term sums inside B·A or x·Aᵀ), so
+either way is within γ_n · (|x|·|W|ᵀ + s·|x|·|A|ᵀ·|B|ᵀ) of the exact value, γ_n = n·u/(1 - n·u), u = 2⁻²⁴,
+n = in + r + 2 (Higham, Accuracy and Stability of Numerical Algorithms, 3.1); the test allows twice that.
+A wrong scale, a missing adapter or a transposed B·A moves outputs by the adapter's whole contribution.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.config import LoraConfig
+from harness.model.lora import (
+    attach_lora,
+    merges_exactly,
+    merging_is_cheaper,
+    resolve_targets,
+    separate_adapters,
+)
+from harness.model.replace import quantizable_layer_names, replace_linear_layers
+from harness.model.tiny import build_tiny_family
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+UNIT_ROUNDOFF = 2.0**-24
+
+
+def adapted_llama(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The tiny Llama as a job builds it (NF4 blocks, lm_head kept), with LoRA whose B is nonzero."""
+    model, _ = build_tiny_family("llama")
+    targets = resolve_targets("all-linear", quantizable_layer_names(model, ["lm_head"]))
+    replace_linear_layers(model, "nf4", 64, True, dtype, torch.device("cpu"), ["lm_head"])
+    if dtype != torch.float32:
+        model.get_input_embeddings().to(dtype)
+    peft_model = attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.1), targets, seed=0)
+    torch.manual_seed(0)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)
+    return peft_model.eval()
+
+
+def adapted_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "merge_when_exact")]
+
+
+def test_merged_layer_output_is_peft_output_within_fp32_rounding() -> None:
+    """Every adapted layer of the tiny Llama, on 64 tokens: merged and separate outputs agree within the
+    a-priori bound above, and the adapter's contribution is far larger than that bound."""
+    model = adapted_llama()
+    layers = adapted_layers(model)
+    assert len(layers) == 7 * model.config.num_hidden_layers
+    torch.manual_seed(1)
+    for layer in layers:
+        x = torch.randn(64, layer.in_features)
+        with torch.no_grad():
+            assert merges_exactly(layer, x, {}) and merging_is_cheaper(layer, x)
+            merged = layer(x)
+            with separate_adapters(model):
+                assert not merges_exactly(layer, x, {})
+                separate = layer(x)
+            (name,) = layer.active_adapters
+            a, b, s = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+            w = layer.base_layer.qweight.dequantize(torch.float32)
+            scale = x.abs() @ w.abs().T + s * (x.abs() @ a.abs().T @ b.abs().T)
+            adapter = s * (x @ a.T @ b.T)
+        n = layer.in_features + a.shape[0] + 2
+        bound = 2 * n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF) * scale
+        assert ((merged - separate).abs() <= bound).all()
+        assert adapter.abs().max() > 100 * bound.max()  # the check could see a lost adapter
+
+
+def test_the_separate_forward_runs_wherever_merging_would_change_the_function() -> None:
+    """With gradients, in training mode (dropout), with adapters off and under bf16 autocast the layer keeps
+    peft's forward; for fewer than in·out/(in + out) tokens merging would cost more than it saves."""
+    model = adapted_llama()
+    layer = adapted_layers(model)[0]
+    x = torch.randn(64, layer.in_features)
+    assert not merges_exactly(layer, x, {})  # gradients on
+    with torch.no_grad():
+        assert merges_exactly(layer, x, {})
+        assert not merges_exactly(layer, x, {"adapter_names": ["default"]})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not merges_exactly(layer, x, {})
+        with model.disable_adapter():
+            assert not merges_exactly(layer, x, {})
+        model.train()
+        assert not merges_exactly(layer, x, {})
+        model.eval()
+        threshold = layer.in_features * layer.out_features / (layer.in_features + layer.out_features)
+        assert merging_is_cheaper(layer, x[: int(threshold) + 1])
+        assert not merging_is_cheaper(layer, x[: int(threshold) - 1])
+    assert all(layer.merge_when_exact for layer in adapted_layers(model))  # separate_adapters restores
+
+
+def test_a_bf16_model_never_merges() -> None:
+    """Rounding W + s·B·A to bf16 would score another model than the one trained: bf16 keeps peft's way."""
+    model = adapted_llama(torch.bfloat16)
+    layer = adapted_layers(model)[0]
+    with torch.no_grad():
+        assert not merges_exactly(layer, torch.randn(64, layer.in_features, dtype=torch.bfloat16), {})
+        assert not merges_exactly(layer, torch.randn(64, layer.in_features), {})
