@@ -53,6 +53,9 @@ LABELS = {
     "after": "after: `eval.backend=packed` (default), adapters as the harness runs them",
 }
 TOLERANCE = 1e-4
+# The forward limit's settings: F.linear over the block shapes at batch_size * seq_len // 2 = 512 rows.
+LIMIT_SETTINGS = Settings(steps=0, warmup=0, rank=64, seq_len=128, batch_size=8, seed=0, compute_dtype="auto")
+LIMIT_ROWS = LIMIT_SETTINGS.batch_size * LIMIT_SETTINGS.seq_len // 2
 ADAPTER_STD = 0.01
 TOP_OPS = 10
 
@@ -180,7 +183,10 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     with profiler, adapters:
         evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
     wall_s = time.perf_counter() - start
+    # this machine's speed drifts within minutes: each run is set against the limit measured right after it
+    limit = training_limit(replace(LIMIT_SETTINGS, compute_dtype=compute_dtype))
     result = {
+        "forward_limit": {"rate": limit["rate"], "flops_per_token": limit["flops_per_token"]},
         **lm_class.log,
         "way": way,
         "backend": cfg.backend,
@@ -250,16 +256,16 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def useful_flops(r: dict, limit: dict) -> float:
+def useful_flops(r: dict) -> float:
     """Linear-layer FLOPs of the tokens that had to be computed: every real (unpadded) token through the
     blocks, and through lm_head each real row (HFLM runs it at every position) or each scored row (packed)."""
     head = 2 * r["hidden"] * r["vocab"]
     head_rows = r["real"] if r["backend"] == "hflm" else r["head_rows"]
-    return (limit["flops_per_token"] - head) * r["real"] + head * head_rows
+    return (r["forward_limit"]["flops_per_token"] - head) * r["real"] + head * head_rows
 
 
-def way_row(label: str, r: dict, limit: dict) -> str:
-    flops = useful_flops(r, limit)
+def way_row(label: str, r: dict) -> str:
+    flops, rate = useful_flops(r), r["forward_limit"]["rate"]
     cells = [
         label,
         f"{r['wall_s']:.2f}",
@@ -268,8 +274,9 @@ def way_row(label: str, r: dict, limit: dict) -> str:
         f"{r['head_rows']:,}",
         f"{r['real'] / r['wall_s']:.0f}",
         f"{r['requested'] / r['wall_s']:.0f}",
-        f"{flops / r['wall_s'] / limit['rate']:.1%}",
-        f"{flops / r['requests_s'] / limit['rate']:.1%}",
+        f"{rate / 1e9:.0f}",
+        f"{flops / r['wall_s'] / rate:.1%}",
+        f"{flops / r['requests_s'] / rate:.1%}",
         mib(r["peak_rss_bytes"]),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -277,12 +284,12 @@ def way_row(label: str, r: dict, limit: dict) -> str:
 
 TABLE_HEAD = [
     "| way | eval s | tokens requested | computed: real / padded | lm_head rows | computed tokens/s "
-    "| requested tokens/s | of limit (eval wall) | of limit (in requests) | peak RSS |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| requested tokens/s | limit GFLOP/s | of limit (eval wall) | of limit (in requests) | peak RSS |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
-def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict, limit: dict) -> list[str]:
+def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict) -> list[str]:
     best = {way: min(runs[way], key=lambda r: r["wall_s"]) for way in WAYS}
     before, separate, after = best["before"], best["separate"], best["after"]
     values = max_relative_difference(before["values"], after["values"])
@@ -294,7 +301,7 @@ def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict, limit:
         f"## `eval={spec}` (tasks {', '.join(after['tasks'])}; limit {after['limit']})",
         "",
         *TABLE_HEAD,
-        *(way_row(LABELS[way], best[way], limit) for way in WAYS),
+        *(way_row(LABELS[way], best[way]) for way in WAYS),
         "",
         f"- **Evaluation wall time**: {speed:.2f}x {'faster' if speed > 1 else 'SLOWER'} "
         f"({before['wall_s']:.2f} s → {after['wall_s']:.2f} s; all runs, s: {all_runs}); packing alone "
@@ -335,7 +342,7 @@ def where_time_goes(where: dict) -> list[str]:
     ]
 
 
-def header(args: argparse.Namespace, first: dict, limit: dict, rows: int) -> list[str]:
+def header(args: argparse.Namespace, first: dict, rates: list[float]) -> list[str]:
     p = provenance()
     return [
         "# Evaluation cost: lm-eval's HFLM against the packed log-likelihood path (each token once)",
@@ -350,13 +357,15 @@ def header(args: argparse.Namespace, first: dict, limit: dict, rows: int) -> lis
         f"- **Evaluation**: `harness.evaluate.evaluate_model`; HFLM batch size {first['batch_size']}, "
         f"packed {BATCH_TOKENS_NOTE}. {args.repeats} runs per way in turns, each in a fresh process; the "
         "fastest is shown.",
-        f"- **Forward limit**: `F.linear` in {first['dtype']} over the model's block shapes at {rows} rows "
-        f"(`benchmarks.perf` `training_limit`, measured in this run): {limit['rate'] / 1e9:.0f} GFLOP/s; "
-        f"{limit['flops_per_token'] / 1e6:.0f} MFLOP per token forward (every linear layer and the head; "
+        f"- **Forward limit**: `F.linear` in {first['dtype']} over the model's block shapes at {LIMIT_ROWS} "
+        "rows (`benchmarks.perf` `training_limit`), measured by each run right after its evaluation, since "
+        f"this machine's speed drifts within minutes: {min(rates) / 1e9:.0f}–{max(rates) / 1e9:.0f} GFLOP/s "
+        f"in this run; {first['forward_limit']['flops_per_token'] / 1e6:.0f} MFLOP per token forward (every "
+        "linear layer and the head; "
         "attention's own FLOPs and LoRA's left out). *Of limit* = the linear FLOPs that had to be computed "
         "(real tokens through the blocks; lm_head at every real position for HFLM, at the scored ones for "
         "packed) per second of evaluation wall time, or of time inside the log-likelihood requests, over "
-        "that rate.",
+        "that run's limit.",
         "- **Tokens**: *requested* = Σ over requests of the input HFLM builds (context + continuation, "
         "last token dropped); *computed real* = what the model ran (HFLM: distinct rows; packed: tree "
         "nodes), *padded* = the batches as shaped.",
@@ -366,10 +375,11 @@ def header(args: argparse.Namespace, first: dict, limit: dict, rows: int) -> lis
 BATCH_TOKENS_NOTE = "batches of up to `harness.evaluate.packed.BATCH_TOKENS` padded tokens"
 
 
-def report(args: argparse.Namespace, runs: dict, profiled: dict, limit: dict, rows: int) -> str:
+def report(args: argparse.Namespace, runs: dict, profiled: dict) -> str:
     first = runs[args.eval[0]]["after"][0]
-    sections = [header(args, first, limit, rows)]
-    sections += [group_section(spec, runs[spec], profiled[spec], limit) for spec in args.eval]
+    rates = [r["forward_limit"]["rate"] for group in runs.values() for way in group.values() for r in way]
+    sections = [header(args, first, rates)]
+    sections += [group_section(spec, runs[spec], profiled[spec]) for spec in args.eval]
     return "\n\n".join("\n".join(section) for section in sections) + "\n"
 
 
@@ -400,11 +410,7 @@ def main(argv: list[str] | None = None) -> None:
             for way, way_runs in runs[spec].items():
                 way_runs.append(spawn(spec, way, False, args))
         profiled[spec] = spawn(spec, "after", True, args)
-    settings = Settings(
-        steps=0, warmup=0, rank=64, seq_len=128, batch_size=8, seed=0, compute_dtype=args.compute_dtype
-    )
-    limit = training_limit(settings)
-    text = report(args, runs, profiled, limit, settings.batch_size * settings.seq_len // 2)
+    text = report(args, runs, profiled)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
