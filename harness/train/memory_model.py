@@ -48,11 +48,15 @@ CPU_RUNTIME_BYTES = 74 * MIB
 # before any batch exists, counts every micro-batch as new (an upper bound).
 KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
 # cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
-# (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold. Fitted on
-# SmolLM2 in bf16 under glibc 2.36, whose stranded chunks (heap_caveat) it partly absorbed: on glibc 2.41 it
-# fits fp32 (+1 %) and over-counts bf16 by a quarter; a GPT-NeoX's heap kept as much with few such tensors
-# (reports/plan/README.md, docs/performance.md): an open term.
-HEAP_RETAINED = 2.0
+# (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold, by whether
+# the running glibc reuses freed aligned chunks (ALIGNED_REUSE_GLIBC). From 2.38 (SmolLM2 quickstart jobs on
+# glibc 2.41, docs/performance.md): fp32 held about 2 such bytes per transient byte above the live-tensor
+# terms, bf16 about none, for a reason not found (not MKL's buffer cache); 0.75, fitted to balance the two,
+# leaves each within ±11 %. Before 2.38: fitted on SmolLM2 in bf16 under glibc 2.36, whose stranded chunks
+# (heap_caveat) it partly absorbs. A GPT-NeoX's heap kept as much with few such tensors
+# (reports/plan/README.md): an open term.
+HEAP_RETAINED = 0.75
+HEAP_RETAINED_BEFORE_ALIGNED_REUSE = 2.0
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
 LOSS_BUFFERS = 3
@@ -360,7 +364,7 @@ def estimate_peak_memory(
     if device.type == "cpu" and cpu_heap == "fast":
         peak = max(phases, key=phases.get)
         terms["heap_retained"] = round(
-            HEAP_RETAINED * heap_transient(terms, peak, shape, batch, compute_bytes)
+            heap_retained_per_transient_byte() * heap_transient(terms, peak, shape, batch, compute_bytes)
         )
         phases = {name: total + terms["heap_retained"] for name, total in phases.items()}
     peak = max(phases, key=phases.get)
@@ -372,13 +376,23 @@ def estimate_peak_memory(
     return estimate
 
 
+def reuses_aligned_chunks() -> bool | None:
+    """Whether the running glibc reuses a freed 64-byte-aligned chunk (2.38+); None off glibc."""
+    version = glibc_version()
+    return None if version is None else version >= ALIGNED_REUSE_GLIBC
+
+
+def heap_retained_per_transient_byte() -> float:
+    """``HEAP_RETAINED`` for the running C library; off glibc, the larger (the estimate errs high)."""
+    return HEAP_RETAINED if reuses_aligned_chunks() else HEAP_RETAINED_BEFORE_ALIGNED_REUSE
+
+
 def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
     """What a reader of a CPU estimate under the fast heap must know where this glibc strands freed chunks
     (``harness.train.meters.ALIGNED_REUSE_GLIBC``); None where the estimate's heap term applies."""
-    version = glibc_version()
-    if device.type != "cpu" or cpu_heap != "fast" or version is None or version >= ALIGNED_REUSE_GLIBC:
+    if device.type != "cpu" or cpu_heap != "fast" or reuses_aligned_chunks() is not False:
         return None
-    older = ".".join(map(str, version))
+    older = ".".join(map(str, glibc_version()))
     newer = ".".join(map(str, ALIGNED_REUSE_GLIBC))
     return (
         f"glibc {older} (before {newer}) does not reuse a freed 64-byte-aligned chunk for the next request "
