@@ -347,7 +347,7 @@ def header(args: argparse.Namespace, first: dict, rates: list[float]) -> list[st
     return [
         "# Evaluation cost: lm-eval's HFLM against the packed log-likelihood path (each token once)",
         "",
-        f"- **Command**: `flock /tmp/qb-cpu.lock .venv/bin/python -m benchmarks.perf.eval_cost"
+        f"- **Command**: `.venv/bin/python -m benchmarks.perf.eval_cost"
         f"{''.join(' ' + a for a in args.argv)}`",
         f"- **Commit**: `{p['commit']}`. **Machine**: {p['machine']}; torch on {first['threads']} threads. "
         f"**Date**: {p['date']}.",
