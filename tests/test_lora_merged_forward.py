@@ -1,6 +1,7 @@
-"""QuantLoraLinear's merged forward (harness.model.lora.merged_weight): in an fp32 forward with no gradient and
-no dropout an adapted layer runs one matmul over W + s·B·A instead of peft's base-plus-adapter matmuls, the
-same function up to fp32 rounding, and nowhere else.
+"""Evaluation's shortcuts through LoRA layers (harness.model.lora). The merged forward (merged_weight): in an
+fp32 forward with no gradient and no dropout an adapted layer runs one matmul over W + s·B·A instead of peft's
+base-plus-adapter matmuls, the same function up to fp32 rounding, and nowhere else. Untrained adapters
+(untrained_adapters_off): while every B is zero, evaluation runs without them, bit for bit the same.
 
 Tolerance: both ways sum the same products in fp32, grouped differently: y = x·(W + s·B·A)ᵀ vs
 x·Wᵀ + s·(x·Aᵀ)·Bᵀ. Each output is a sum of at most in + r terms (plus the r-term sums inside B·A or x·Aᵀ), so
@@ -14,14 +15,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.config import LoraConfig
+from harness.config import EvalConfig, LoraConfig
+from harness.data.paths import DataDirError, resolve_data_dir
+from harness.evaluate import evaluate_model
 from harness.model.lora import (
     attach_lora,
     merges_exactly,
     merging_is_cheaper,
     resolve_targets,
     separate_adapters,
+    untrained_adapters_off,
 )
+from harness.model.precision import adapter_autocast, adapters_as_trained
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_family
 
@@ -30,8 +35,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 UNIT_ROUNDOFF = 2.0**-24
 
 
-def adapted_llama(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The tiny Llama as a job builds it (NF4 blocks, lm_head kept), with LoRA whose B is nonzero."""
+def adapted_llama(dtype: torch.dtype = torch.float32, trained: bool = True) -> torch.nn.Module:
+    """The tiny Llama as a job builds it (NF4 blocks, lm_head kept), with LoRA whose B is nonzero (trained)
+    or zero as peft initialises it."""
     model, _ = build_tiny_family("llama")
     targets = resolve_targets("all-linear", quantizable_layer_names(model, ["lm_head"]))
     replace_linear_layers(model, "nf4", 64, True, dtype, torch.device("cpu"), ["lm_head"])
@@ -40,7 +46,7 @@ def adapted_llama(dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     peft_model = attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.1), targets, seed=0)
     torch.manual_seed(0)
     for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
+        if "lora_B" in name and trained:
             torch.nn.init.normal_(parameter, std=0.1)
     return peft_model.eval()
 
@@ -105,3 +111,43 @@ def test_a_bf16_model_never_merges() -> None:
     with torch.no_grad():
         assert not merges_exactly(layer, torch.randn(64, layer.in_features, dtype=torch.bfloat16), {})
         assert not merges_exactly(layer, torch.randn(64, layer.in_features), {})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_untrained_adapters_are_skipped_with_bit_identical_outputs(dtype: torch.dtype) -> None:
+    """B = 0 (before training): the model runs without its adapters inside the block, and its logits under
+    the forward evaluation runs (training's autocast) are the very same bits; a trained adapter stays on."""
+    model = adapted_llama(dtype, trained=False)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    device = torch.device("cpu")
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad(), adapter_autocast(device, dtype), adapters_as_trained(model):
+            return model(input_ids=ids).logits
+
+    with_adapters = logits()
+    with untrained_adapters_off(model) as skipped:
+        assert skipped and all(layer.disable_adapters for layer in adapted_layers(model))
+        without = logits()
+    assert not any(layer.disable_adapters for layer in adapted_layers(model))
+    assert torch.equal(with_adapters, without)
+    with untrained_adapters_off(adapted_llama(dtype, trained=True)) as skipped:
+        assert not skipped
+
+
+def test_evaluate_model_skips_untrained_adapters() -> None:
+    """evaluate_model runs an untrained model's adapted layers with their adapters off (seen by a forward
+    hook on one of them) and a trained model's with them on."""
+    try:
+        data_dir = str(resolve_data_dir())
+    except DataDirError as exc:
+        pytest.skip(f"no real data directory: {exc}")
+    _, tokenizer = build_tiny_family("llama")
+    cfg = EvalConfig(tasks=["arc_easy_local"], limit=2, bootstrap_iters=0, log_samples=False)
+    for trained in (False, True):
+        model = adapted_llama(trained=trained)
+        seen: list[bool] = []
+        layer = adapted_layers(model)[0]
+        layer.register_forward_hook(lambda module, *_, seen=seen: seen.append(module.disable_adapters))
+        evaluate_model(model, tokenizer, cfg, data_dir)
+        assert seen and set(seen) == {not trained}

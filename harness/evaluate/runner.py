@@ -27,6 +27,7 @@ from harness.evaluate.metrics import task_metrics
 from harness.evaluate.packed import PackedLM
 from harness.evaluate.samples import sample_frame
 from harness.evaluate.tasks import lm_eval_limit, manager_for, validate_tasks
+from harness.model.lora import untrained_adapters_off
 from harness.model.precision import adapters_as_trained, autocast_dtype, model_compute_dtype
 
 
@@ -98,7 +99,8 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
     tasks read their files from it. Seeds, few-shot sampling included, all come from ``cfg.seed``. With
     ``cfg.dense_weights_mib`` > 0 the 4-bit weights are dequantized once for the run (see
     :mod:`harness.evaluate.dense`). ``cfg.backend`` picks the lm-eval model class (``LM_CLASSES``), which
-    computes as training did (:func:`precision_kwargs`).
+    computes as training did (:func:`precision_kwargs`); adapters that are still zero (before training) are
+    skipped, which changes no number (:func:`harness.model.lora.untrained_adapters_off`).
     """
     if not cfg.tasks:
         return Evaluation({})
@@ -108,6 +110,7 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
         _hub_hint(),
         dense_weights(model, cfg.dense_weights_mib * MIB),
         adapters_as_trained(model),
+        untrained_adapters_off(model),
     ):
         lm = LM_CLASSES[EvalBackend(cfg.backend)](
             pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, **precision_kwargs(model)
