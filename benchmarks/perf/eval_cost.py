@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,12 +45,21 @@ from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
 from harness.env import git_commit, short_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-WAYS = {"before": "hflm", "separate": "packed", "after": "packed"}  # eval.backend
-SEPARATE_ADAPTERS = frozenset({"before", "separate"})  # run under harness.model.lora.separate_adapters
-LABELS = {
-    "before": "before: `eval.backend=hflm` (lm-eval's HFLM), adapters separate",
-    "separate": "`eval.backend=packed`, adapters separate",
-    "after": "after: `eval.backend=packed` (default), adapters as the harness runs them",
+
+
+@dataclass(frozen=True)
+class Way:
+    backend: str  # eval.backend
+    separate_adapters: bool  # run under harness.model.lora.separate_adapters
+    label: str  # the report's row
+
+
+WAYS = {
+    "before": Way("hflm", True, "before: `eval.backend=hflm` (lm-eval's HFLM), adapters separate"),
+    "separate": Way("packed", True, "`eval.backend=packed`, adapters separate"),
+    "after": Way(
+        "packed", False, "after: `eval.backend=packed` (default), adapters as the harness runs them"
+    ),
 }
 TOLERANCE = 1e-4
 # The forward limit's settings: F.linear over the block shapes at batch_size * seq_len // 2 = 512 rows.
@@ -68,7 +77,7 @@ def eval_config(group: str, limit: int | float | None, way: str):
     from harness.paths import CONF_DIR
 
     cfg = EvalConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "eval" / f"{group}.yaml")))
-    return replace(cfg, backend=WAYS[way], **({"limit": limit} if limit is not None else {}))
+    return replace(cfg, backend=WAYS[way].backend, **({"limit": limit} if limit is not None else {}))
 
 
 def measured(cls):
@@ -178,7 +187,7 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     reset_peak_memory(device)
     rss_start = peak_memory(device)["peak_memory_bytes"]
     profiler = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
-    adapters = separate_adapters(model) if way in SEPARATE_ADAPTERS else contextlib.nullcontext()
+    adapters = separate_adapters(model) if WAYS[way].separate_adapters else contextlib.nullcontext()
     start = time.perf_counter()
     with profiler, adapters:
         evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
@@ -301,7 +310,7 @@ def group_section(spec: str, runs: dict[str, list[dict]], profiled: dict) -> lis
         f"## `eval={spec}` (tasks {', '.join(after['tasks'])}; limit {after['limit']})",
         "",
         *TABLE_HEAD,
-        *(way_row(LABELS[way], best[way]) for way in WAYS),
+        *(way_row(WAYS[way].label, best[way]) for way in WAYS),
         "",
         f"- **Evaluation wall time**: {speed:.2f}x {'faster' if speed > 1 else 'SLOWER'} "
         f"({before['wall_s']:.2f} s → {after['wall_s']:.2f} s; all runs, s: {all_runs}); packing alone "
@@ -361,11 +370,10 @@ def header(args: argparse.Namespace, first: dict, rates: list[float]) -> list[st
         "rows (`benchmarks.perf` `training_limit`), measured by each run right after its evaluation, since "
         f"this machine's speed drifts within minutes: {min(rates) / 1e9:.0f}–{max(rates) / 1e9:.0f} GFLOP/s "
         f"in this run; {first['forward_limit']['flops_per_token'] / 1e6:.0f} MFLOP per token forward (every "
-        "linear layer and the head; "
-        "attention's own FLOPs and LoRA's left out). *Of limit* = the linear FLOPs that had to be computed "
-        "(real tokens through the blocks; lm_head at every real position for HFLM, at the scored ones for "
-        "packed) per second of evaluation wall time, or of time inside the log-likelihood requests, over "
-        "that run's limit.",
+        "linear layer and the head; attention's own FLOPs and LoRA's left out). *Of limit* = the "
+        "linear FLOPs that had to be computed (real tokens through the blocks; lm_head at every real "
+        "position for HFLM, at the scored ones for packed) per second of evaluation wall time, or of "
+        "time inside the log-likelihood requests, over that run's limit.",
         "- **Tokens**: *requested* = Σ over requests of the input HFLM builds (context + continuation, "
         "last token dropped); *computed real* = what the model ran (HFLM: distinct rows; packed: tree "
         "nodes), *padded* = the batches as shaped.",
