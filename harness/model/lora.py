@@ -60,10 +60,9 @@ def merges_exactly(layer, x: torch.Tensor, kwargs: dict) -> bool:
     gradient, no dropout (eval mode), plain LoRA on every active adapter and none switched off or merged
     already. Only there is it the same function up to fp32 rounding; under bf16 the merged weight would
     round the adapter's update to bf16, a model other than the one trained."""
-    active = [name for name in layer.active_adapters if name in layer.lora_A]
-    return (
+    if not (
         layer.merge_when_exact
-        and not torch.is_grad_enabled()
+        and not torch.is_grad_enabled()  # first: training stops here, on every forward of every layer
         and not layer.training
         and x.dtype == torch.float32
         and layer.base_layer.compute_dtype == torch.float32
@@ -71,10 +70,19 @@ def merges_exactly(layer, x: torch.Tensor, kwargs: dict) -> bool:
         and not layer.disable_adapters
         and not layer.merged
         and kwargs.get("adapter_names") is None
-        and bool(active)
+    ):
+        return False
+    active = present_active_adapters(layer)
+    return (
+        bool(active)
         and not any(name in layer.lora_variant or layer.lora_bias[name] for name in active)
         and all(layer.lora_A[name].weight.dtype == torch.float32 for name in active)
     )
+
+
+def present_active_adapters(layer) -> list[str]:
+    """The active adapters this layer holds (peft's forward skips an active name a layer lacks)."""
+    return [name for name in layer.active_adapters if name in layer.lora_A]
 
 
 def merging_is_cheaper(layer, x: torch.Tensor) -> bool:
@@ -125,11 +133,10 @@ def merged_weight(layer) -> torch.Tensor:
     (3.79 vs 2.43 s for 2,048 tokens, r 64, 2-core Xeon), while B·A costs r·out·in once per forward."""
     base = layer.base_layer
     weight = base.dense_weight if base.dense_weight is not None else base.qweight.dequantize(torch.float32)
-    for name in layer.active_adapters:
-        if name in layer.lora_A:
-            weight = torch.addmm(
-                weight, layer.lora_B[name].weight, layer.lora_A[name].weight, alpha=layer.scaling[name]
-            )
+    for name in present_active_adapters(layer):
+        weight = torch.addmm(
+            weight, layer.lora_B[name].weight, layer.lora_A[name].weight, alpha=layer.scaling[name]
+        )
     return weight
 
 
