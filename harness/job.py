@@ -4,8 +4,8 @@ The config is checked against the typed schema, then :func:`harness.recipe.recip
 load, quantize, [evaluate before], LoRA, train, evaluate), yielding each block as it is measured. Bad input
 is rejected before any heavy work; the ``JobResult`` is assembled from the yielded blocks once, at the end
 or where a stage failed (``status: failed`` with the reason, every block measured before it kept).
-Run directly as ``python -m harness.job CONFIG.yaml JOB_DIR`` (the sweep runs each job that way, in its
-own process).
+Run directly as ``python -m harness.job CONFIG.yaml JOB_DIR``; a sweep runs each job in its own process,
+started that way or forked from a process that imported this module once (``harness.sweep.isolate``).
 """
 
 from __future__ import annotations

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness.config import validate_config
 from harness.paths import CONF_DIR
 from harness.report import load_results
+from harness.sweep.isolate import job_process_start, run_isolated
 
 BENCH = [sys.executable, "-c", "from harness.cli import bench; bench()"]
 
@@ -31,10 +34,15 @@ def _sweep(
 
 
 # Planted in every process of a sweep through PYTHONPATH (as benchmarks/gate_power.py plants its faults): the
-# job process of the seed=1 job (``python -m harness.job .../seed=1/job_config.yaml ...``) dies at start-up.
+# seed=1 job's process dies at start-up, when it reads its config (an audit hook, so it fires whether the
+# job process was forked from the preloaded forkserver or started as ``python -m harness.job``; the sweep's
+# own process writes that file, it never opens it for reading).
 DIE_AT_SEED_1 = """import os, sys
-if sys.argv[:1] == ["-m"] and any("seed=1" in arg for arg in sys.argv[1:]):
-    os._exit(3)
+def _die_at_seed_1(event, args):
+    path = str(args[0]) if event == "open" else ""
+    if path.endswith("job_config.yaml") and "seed=1" in path and args[1] == "r":
+        os._exit(3)
+sys.addaudithook(_die_at_seed_1)
 """
 
 
@@ -82,6 +90,37 @@ def test_hard_crash_is_isolated_and_resume_skips_finished_jobs(tmp_path):
 
     forced = _sweep(sweep_dir, *overrides, "+force=true", env=env)
     assert "1 ok, 1 failed, 0 skipped" in forced.stdout
+
+
+def _measured(job_dir: Path) -> dict:
+    """A result.json without what differs between two runs of one job: where and when, timings, speed,
+    memory (the resident set, and the estimate built on the one measured before loading)."""
+    record = json.loads((job_dir / "result.json").read_text())
+    for key in ("env", "timings_s"):
+        record.pop(key)
+    for key in ("tokens_per_s", "step_time_s_median", "peak_memory_bytes", "memory_estimate_bytes"):
+        record["train"].pop(key)
+    record["train"].pop("memory_estimate")
+    return record
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA every job process starts an interpreter")
+def test_forked_and_interpreter_job_processes_record_the_same_result(job_config, tmp_path, monkeypatch):
+    """Without CUDA a sweep forks each job from a forkserver that imported harness.job once; a changed
+    environment (read at import time) starts an interpreter instead. Both record the same results and say
+    how they started. The first sweep job of this pytest process, so the forkserver starts here."""
+    cfg = job_config("model=tiny", "train=smoke", "train.steps=2", "eval=none")
+    assert job_process_start() == "fork"
+    assert run_isolated(cfg, tmp_path / "forked").status == "ok"
+    monkeypatch.setenv("QLORA_TEST_CHANGED", "1")
+    assert job_process_start() == "exec"
+    assert run_isolated(cfg, tmp_path / "interpreter").status == "ok"
+    processes = [
+        json.loads((tmp_path / d / "result.json").read_text())["env"]["job_process"]
+        for d in ("forked", "interpreter")
+    ]
+    assert processes == ["forked", "interpreter"]
+    assert _measured(tmp_path / "forked") == _measured(tmp_path / "interpreter")
 
 
 def test_submitit_local_launcher_runs_smoke_sweep(tmp_path):

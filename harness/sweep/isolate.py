@@ -3,22 +3,37 @@
 Hydra's basic launcher runs every job inside one Python process; this wrapper is what each of its jobs
 does instead of training in-process. It also makes sweeps resumable: a job whose ``result.json`` says
 ``ok`` for the same resolved config (hash) is skipped unless ``+force=true``.
+
+On a host without CUDA each job process is a fork of one that imported ``harness.job`` once
+(multiprocessing's forkserver, preloaded): the imports (torch, transformers, peft, bitsandbytes, lm-eval)
+take ~11 s on a 2-core CPU, paid once per sweep instead of once per job, and each job is still a process of
+its own that nothing else ran in. With CUDA a job starts a fresh interpreter (``python -m harness.job``): a
+fork after CUDA is initialised is unsafe. So does a job whose environment differs from the one the
+forkserver started with (variables read at import time would be stale in the fork).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import multiprocessing
+import os
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import config_dict
 from harness.result import RESULT_FILE, ErrorBlock, ResultError, assemble_result, config_hash, read_result
 
 JOB_CONFIG_FILE = "job_config.yaml"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,8 +59,49 @@ def _exit_reason(returncode: int) -> str:
     return f"job process exited with code {returncode} before writing its result"
 
 
+@functools.cache
+def _preloaded_forkserver() -> tuple[BaseContext, dict[str, str]]:
+    """multiprocessing's forkserver context, importing ``harness.job`` when it starts (at the first job), and
+    the environment it starts with."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["harness.job", __name__])
+    log.info("job processes fork from a forkserver that imports harness.job once (no CUDA here)")
+    return context, dict(os.environ)
+
+
+def run_forked(config_path: str, job_dir: str, cwd: str) -> None:
+    """The forked job process: ``python -m harness.job CONFIG.yaml JOB_DIR`` from the parent's directory.
+    ``harness.job`` is imported here, not at the top, so that the sweep's own process never pays for it."""
+    from harness.job import main
+
+    os.chdir(cwd)
+    sys.exit(main([config_path, job_dir]))
+
+
+def job_process_start() -> str:
+    """How the next job process starts: ``fork`` (from the preloaded forkserver) or ``exec`` (a fresh
+    interpreter: a host with CUDA, or an environment changed since the forkserver started)."""
+    if torch.cuda.is_available():
+        return "exec"
+    _, environ = _preloaded_forkserver()
+    return "fork" if environ == dict(os.environ) else "exec"
+
+
+def _run_job_process(config_path: Path, job_dir: Path) -> int:
+    """Run the job in a process of its own; its exit code (negative: killed by that signal)."""
+    if job_process_start() == "exec":
+        command = [sys.executable, "-m", "harness.job", str(config_path), str(job_dir)]
+        return subprocess.run(command).returncode
+    context, _ = _preloaded_forkserver()
+    process = context.Process(target=run_forked, args=(str(config_path), str(job_dir), os.getcwd()))
+    process.start()
+    process.join()
+    return process.exitcode
+
+
 def run_isolated(cfg: DictConfig, job_dir: Path, force: bool = False) -> Outcome:
-    """Skip, or run ``python -m harness.job`` for this config and make sure a result.json exists after."""
+    """Skip, or run the job for this config in a process of its own and make sure a result.json exists
+    after."""
     resolved = config_dict(cfg)
     expected = config_hash(resolved)
     if not force and _finished_ok(job_dir, expected):
@@ -54,11 +110,11 @@ def run_isolated(cfg: DictConfig, job_dir: Path, force: bool = False) -> Outcome
     (job_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale record must not survive a crash
     config_path = job_dir / JOB_CONFIG_FILE
     OmegaConf.save(OmegaConf.create(resolved), config_path)
-    proc = subprocess.run([sys.executable, "-m", "harness.job", str(config_path), str(job_dir)])
+    returncode = _run_job_process(config_path, job_dir)
     try:
         record = read_result(job_dir / RESULT_FILE)
     except ResultError:
-        reason = _exit_reason(proc.returncode)
+        reason = _exit_reason(returncode)
         assemble_result(resolved, {}, error=ErrorBlock(type="JobProcessDied", message=reason)).save(job_dir)
         return Outcome(str(job_dir), "failed", reason)
     if record.get("status") == "ok":
