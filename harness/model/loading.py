@@ -95,6 +95,15 @@ def _convert_gguf_once(name: str, gguf: Path, cache_dir: Path) -> Path:
     return target
 
 
+def convert_shipped_models(cache_dir: str | None = None) -> list[Path]:
+    """Convert every shipped GGUF now (``make setup`` does, so that no job pays the ~30 s of the first
+    conversion); already converted ones are kept. Their directories, in ``SHIPPED_GGUF`` order."""
+    return [
+        _convert_gguf_once(name, _gguf_path(package, filename), default_cache_dir(cache_dir))
+        for name, (package, filename, _) in SHIPPED_GGUF.items()
+    ]
+
+
 def cache_damage(model_dir: Path) -> list[str]:
     """What is wrong with a converted model directory (empty when nothing is): a safetensors file whose
     header or data is cut short, or a JSON file that does not parse, as a full disk or a kill leaves them.
