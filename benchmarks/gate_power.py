@@ -3,10 +3,13 @@
 For each fault: run the CI smoke sweep with the fault planted in every Python process of the sweep, then
 ``qlora-compare`` against the committed baseline exactly as ``.ci/run`` does, and record caught (exit 1) or
 missed (exit 0) and the metrics that regressed. A fault is a monkeypatch, never a file edit: the sweep runs
-each job as a ``python -m harness.job`` child, so the patch travels as an environment variable that a
-``sitecustomize`` (on ``PYTHONPATH``, in a temporary directory) reads at interpreter start-up, before any
-harness module is imported — ``from x import f`` in the job then binds the patched ``f``. Each process that
-plants a fault appends its pid to a log, so a fault that never reached the jobs cannot pass as "missed".
+each job in a process of its own (a ``python -m harness.job`` interpreter, or without CUDA a fork of a
+forkserver that imported ``harness.job``: ``harness.sweep.isolate``), so the patch travels as an environment
+variable that a ``sitecustomize`` (on ``PYTHONPATH``, in a temporary directory) reads at interpreter start-up,
+before any harness module is imported — ``from x import f`` in the job (or in the forkserver, whose forks
+inherit it) then binds the patched ``f``. Each interpreter that plants a fault appends its pid to a log, so a
+fault that never reached the jobs cannot pass as "missed" (with forked jobs the log names the sweep's process
+and the forkserver, not each job).
 
     flock /tmp/qlora-heavy.lock .venv/bin/python benchmarks/gate_power.py            # all faults (~15 sweeps)
     .venv/bin/python benchmarks/gate_power.py --faults clean-1 nf4-as-fp4 --out /tmp/gp
