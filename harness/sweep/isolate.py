@@ -80,8 +80,9 @@ def run_forked(config_path: str, job_dir: str, cwd: str) -> None:
 
 def job_process_start() -> str:
     """How the next job process starts: ``fork`` (from the preloaded forkserver) or ``exec`` (a fresh
-    interpreter: a host with CUDA, or an environment changed since the forkserver started)."""
-    if torch.cuda.is_available():
+    interpreter: a host with CUDA or without forkserver (Windows), or an environment changed since the
+    forkserver started)."""
+    if torch.cuda.is_available() or "forkserver" not in multiprocessing.get_all_start_methods():
         return "exec"
     _, environ = _preloaded_forkserver()
     return "fork" if environ == dict(os.environ) else "exec"
