@@ -80,7 +80,7 @@ def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: 
             # the C library running, which decides what the CPU heap keeps (harness.train.meters)
             "glibc": ".".join(map(str, glibc_version())) if glibc_version() else None,
             # "forked": a sweep job forked from the preloaded forkserver (harness.sweep.isolate), whose CPU
-            # peak RSS leaves out library pages that only the imports touched (~100-150 MiB on SmolLM2)
+            # peak RSS leaves out library pages that only the imports touched (110-150 MiB measured)
             "job_process": "forked" if multiprocessing.parent_process() else "interpreter",
             COMMIT_KEY: git_commit(),
             STARTED_KEY: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
