@@ -35,10 +35,12 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 UNIT_ROUNDOFF = 2.0**-24
 
 
-def adapted_llama(dtype: torch.dtype = torch.float32, trained: bool = True) -> torch.nn.Module:
-    """The tiny Llama as a job builds it (NF4 blocks, lm_head kept), with LoRA whose B is nonzero (trained)
-    or zero as peft initialises it."""
-    model, _ = build_tiny_family("llama")
+def adapted_model(
+    dtype: torch.dtype = torch.float32, trained: bool = True, family: str = "llama"
+) -> torch.nn.Module:
+    """A tiny model of ``family`` as a job builds it (NF4 blocks, lm_head kept), with LoRA whose B is nonzero
+    (trained) or zero as peft initialises it."""
+    model, _ = build_tiny_family(family)
     targets = resolve_targets("all-linear", quantizable_layer_names(model, ["lm_head"]))
     replace_linear_layers(model, "nf4", 64, True, dtype, torch.device("cpu"), ["lm_head"])
     if dtype != torch.float32:
@@ -58,7 +60,7 @@ def adapted_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def test_merged_layer_output_is_peft_output_within_fp32_rounding() -> None:
     """Every adapted layer of the tiny Llama, on 64 tokens: merged and separate outputs agree within the
     a-priori bound above, and the adapter's contribution is far larger than that bound."""
-    model = adapted_llama()
+    model = adapted_model()
     layers = adapted_layers(model)
     assert len(layers) == 7 * model.config.num_hidden_layers
     torch.manual_seed(1)
@@ -84,7 +86,7 @@ def test_merged_layer_output_is_peft_output_within_fp32_rounding() -> None:
 def test_the_separate_forward_runs_wherever_merging_would_change_the_function() -> None:
     """With gradients, in training mode (dropout), with adapters off and under bf16 autocast the layer keeps
     peft's forward; for fewer than in·out/(in + out) tokens merging would cost more than it saves."""
-    model = adapted_llama()
+    model = adapted_model()
     layer = adapted_layers(model)[0]
     x = torch.randn(64, layer.in_features)
     assert not merges_exactly(layer, x, {})  # gradients on
@@ -106,7 +108,7 @@ def test_the_separate_forward_runs_wherever_merging_would_change_the_function() 
 
 def test_a_bf16_model_never_merges() -> None:
     """Rounding W + s·B·A to bf16 would score another model than the one trained: bf16 keeps peft's way."""
-    model = adapted_llama(torch.bfloat16)
+    model = adapted_model(torch.bfloat16)
     layer = adapted_layers(model)[0]
     with torch.no_grad():
         assert not merges_exactly(layer, torch.randn(64, layer.in_features, dtype=torch.bfloat16), {})
@@ -117,7 +119,7 @@ def test_a_bf16_model_never_merges() -> None:
 def test_untrained_adapters_are_skipped_with_bit_identical_outputs(dtype: torch.dtype) -> None:
     """B = 0 (before training): the model runs without its adapters inside the block, and its logits under
     the forward evaluation runs (training's autocast) are the very same bits; a trained adapter stays on."""
-    model = adapted_llama(dtype, trained=False)
+    model = adapted_model(dtype, trained=False)
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
     device = torch.device("cpu")
 
@@ -131,7 +133,7 @@ def test_untrained_adapters_are_skipped_with_bit_identical_outputs(dtype: torch.
         without = logits()
     assert not any(layer.disable_adapters for layer in adapted_layers(model))
     assert torch.equal(with_adapters, without)
-    with untrained_adapters_off(adapted_llama(dtype, trained=True)) as skipped:
+    with untrained_adapters_off(adapted_model(dtype, trained=True)) as skipped:
         assert not skipped
 
 
@@ -145,7 +147,7 @@ def test_evaluate_model_skips_untrained_adapters() -> None:
     _, tokenizer = build_tiny_family("llama")
     cfg = EvalConfig(tasks=["arc_easy_local"], limit=2, bootstrap_iters=0, log_samples=False)
     for trained in (False, True):
-        model = adapted_llama(trained=trained)
+        model = adapted_model(trained=trained)
         seen: list[bool] = []
         layer = adapted_layers(model)[0]
         layer.register_forward_hook(lambda module, *_, seen=seen: seen.append(module.disable_adapters))
@@ -159,14 +161,7 @@ def test_merged_forward_matches_peft_in_every_tiny_family(family: str) -> None:
     Conv1D turned QuantLinear, biases: the merged model's logits equal peft's within 1e-4 relative to the
     largest logit (fp32 sums regrouped, compounded over the tiny models' layers: ~2e-6 seen), while the
     adapters move them by far more (checked, so a merge that dropped them would fail)."""
-    model, _ = build_tiny_family(family)
-    targets = resolve_targets("all-linear", quantizable_layer_names(model, ["lm_head"]))
-    replace_linear_layers(model, "nf4", 64, True, torch.float32, torch.device("cpu"), ["lm_head"])
-    model = attach_lora(model, LoraConfig(r=8, alpha=16, dropout=0.1), targets, seed=0).eval()
-    torch.manual_seed(0)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.1)
+    model = adapted_model(family=family)
     lora_layers = [m for m in model.modules() if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)]
     assert lora_layers and all(m in adapted_layers(model) for m in lora_layers)  # every one can merge
     ids = torch.randint(0, model.config.vocab_size, (2, 64))
