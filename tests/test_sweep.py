@@ -110,10 +110,10 @@ def test_forked_and_interpreter_job_processes_record_the_same_result(job_config,
     environment (read at import time) starts an interpreter instead. Both record the same results and say
     how they started. The first sweep job of this pytest process, so the forkserver starts here."""
     cfg = job_config("model=tiny", "train=smoke", "train.steps=2", "eval=none")
-    assert job_process_start() == "fork"
+    assert job_process_start() == "forked"
     assert run_isolated(cfg, tmp_path / "forked").status == "ok"
     monkeypatch.setenv("QLORA_TEST_CHANGED", "1")
-    assert job_process_start() == "exec"
+    assert job_process_start() == "interpreter"
     assert run_isolated(cfg, tmp_path / "interpreter").status == "ok"
     processes = [
         json.loads((tmp_path / d / "result.json").read_text())["env"]["job_process"]

@@ -79,18 +79,18 @@ def run_forked(config_path: str, job_dir: str, cwd: str) -> None:
 
 
 def job_process_start() -> str:
-    """How the next job process starts: ``fork`` (from the preloaded forkserver) or ``exec`` (a fresh
-    interpreter: a host with CUDA or without forkserver (Windows), or an environment changed since the
-    forkserver started)."""
+    """How the next job process starts, in the words its result records as ``env.job_process``: ``forked``
+    (from the preloaded forkserver) or ``interpreter`` (a fresh one: a host with CUDA or without forkserver
+    (Windows), or an environment changed since the forkserver started)."""
     if torch.cuda.is_available() or "forkserver" not in multiprocessing.get_all_start_methods():
-        return "exec"
+        return "interpreter"
     _, environ = _preloaded_forkserver()
-    return "fork" if environ == dict(os.environ) else "exec"
+    return "forked" if environ == dict(os.environ) else "interpreter"
 
 
 def _run_job_process(config_path: Path, job_dir: Path) -> int:
     """Run the job in a process of its own; its exit code (negative: killed by that signal)."""
-    if job_process_start() == "exec":
+    if job_process_start() == "interpreter":
         command = [sys.executable, "-m", "harness.job", str(config_path), str(job_dir)]
         return subprocess.run(command).returncode
     context, _ = _preloaded_forkserver()
