@@ -28,7 +28,8 @@ from harness.stats import (
     write_report_samples,
     write_samples,
 )
-from harness.stats.paired import mde_factor
+from harness.stats import paired as paired_module
+from harness.stats.paired import mde_factor, resample_counts
 from harness.stats.samples import COLUMNS, pool_tasks
 
 FAST = Bootstrap(resamples=500, seed=7)
@@ -475,3 +476,19 @@ def test_resamples_scale_with_the_number_of_tests_up_to_a_cap():
     assert Bootstrap().for_tests(40).resamples == 4000
     assert Bootstrap(resamples=9000).for_tests(40).resamples == 9000
     assert Bootstrap().for_tests(10_000).resamples == 20_000
+
+
+def test_resample_counts_tally_the_index_draws_across_chunks_and_keep_small_draws(monkeypatch) -> None:
+    """The counts are the per-row tallies of units drawn with replacement by one generator across
+    memory-bounded chunks; a draw of up to one chunk is kept, read-only, and not drawn again."""
+    monkeypatch.setattr(paired_module, "_MAX_DRAWS", 1000)
+    boot = Bootstrap(resamples=100, seed=3)
+    chunks = list(resample_counts(30, boot))
+    assert [c.shape for c in chunks] == [(33, 30), (33, 30), (33, 30), (1, 30)]
+    drawn = np.random.default_rng(3).integers(0, 30, size=(100, 30))
+    tallies = np.stack([np.bincount(row, minlength=30) for row in drawn])
+    np.testing.assert_array_equal(np.concatenate(chunks), tallies)
+
+    kept = resample_counts(10, boot)  # 100 x 10 = one chunk of 1000 draws
+    assert kept is resample_counts(10, boot) and len(kept) == 1 and not kept[0].flags.writeable
+    np.testing.assert_array_equal(kept[0].sum(axis=1), np.full(100, 10.0))

@@ -34,7 +34,6 @@ from harness.report.metrics import Metric, Row, config_labels, metric_frame, sho
 from harness.stats import (
     Bootstrap,
     PairedEstimate,
-    aggregate,
     benjamini_hochberg,
     compare_samples,
     draws_ci_p,
@@ -45,7 +44,7 @@ from harness.stats import (
 )
 from harness.stats.hierarchical import MIN_SEEDS
 from harness.stats.paired import resample_stats
-from harness.stats.samples import DOC_KEY, metric_column
+from harness.stats.samples import DOC_KEY, aggregate_resampled, metric_column
 from harness.stats.steps import MIN_STEPS
 
 SEED = "config.seed"
@@ -364,7 +363,7 @@ def _document_interval(rows: pd.DataFrame, bootstrap: Bootstrap) -> tuple[float,
     values, weights = rows["value"].to_numpy(), rows["weight"].to_numpy()
     how = rows["aggregation"].iloc[0]
     draws = resample_stats(
-        len(values), lambda idx: np.array([aggregate(values[i], weights[i], how) for i in idx]), bootstrap
+        len(values), lambda counts: aggregate_resampled(counts, values, weights, how), bootstrap
     )
     low, high, _ = draws_ci_p(draws, bootstrap.confidence)
     return low, high

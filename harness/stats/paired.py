@@ -20,15 +20,16 @@ resampled differences by :func:`draws_ci_p`; t-based estimates (seeds, steps) us
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
 from scipy.stats import t as student_t
 
-from harness.stats.samples import CORPUS_AGGREGATIONS, aggregate
+from harness.stats.samples import CORPUS_AGGREGATIONS, aggregate, aggregate_resampled
 
 POWER = 0.80
 MIN_TAIL_P = (
@@ -205,22 +206,38 @@ def draws_ci_p(draws: np.ndarray, confidence: float) -> tuple[float, float, floa
     return low, high, min(1 / size, max(tail, MIN_TAIL_P))
 
 
-def resample_stats(
-    n: int, stats: Callable[[np.ndarray], np.ndarray], bootstrap: Bootstrap, draw: Callable | None = None
-) -> np.ndarray:
-    """``stats(indices)`` for ``bootstrap.resamples`` resamples of ``n`` units, in memory-bounded chunks.
+def resample_stats(n: int, stats: Callable[[np.ndarray], np.ndarray], bootstrap: Bootstrap) -> np.ndarray:
+    """``stats(counts)`` for ``bootstrap.resamples`` resamples of ``n`` units drawn with replacement, in
+    memory-bounded chunks: ``counts`` (rows × n) says how often each unit was drawn in each resample of the
+    chunk, and ``stats`` maps it to one value per row (a weighted sum per row is one matrix product)."""
+    return np.concatenate([stats(counts) for counts in resample_counts(n, bootstrap)])
 
-    ``draw(rng, rows)`` returns a ``(rows, n)`` index array (default: units with replacement); ``stats``
-    maps it to one value per row.
-    """
-    draw = draw or (lambda rng, rows: rng.integers(0, n, size=(rows, n)))
-    rng = np.random.default_rng(bootstrap.seed)
+
+def resample_counts(n: int, bootstrap: Bootstrap) -> Iterable[np.ndarray]:
+    """The draws of :func:`resample_stats`, tallied per resample, chunk by chunk (float: they multiply).
+
+    A report resamples the same documents with the same seed for every pair of configurations and every
+    metric, so draws of up to one chunk are kept (a few, 32 MB at most each) and drawn once."""
+    if n * bootstrap.resamples <= _MAX_DRAWS:
+        return _kept_counts(n, bootstrap.resamples, bootstrap.seed)
+    return _drawn_counts(n, bootstrap.resamples, bootstrap.seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _kept_counts(n: int, resamples: int, seed: int) -> tuple[np.ndarray, ...]:
+    chunks = tuple(_drawn_counts(n, resamples, seed))
+    for counts in chunks:
+        counts.flags.writeable = False
+    return chunks
+
+
+def _drawn_counts(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
     chunk = max(1, _MAX_DRAWS // max(n, 1))
-    out = [
-        stats(draw(rng, min(chunk, bootstrap.resamples - done)))
-        for done in range(0, bootstrap.resamples, chunk)
-    ]
-    return np.concatenate(out)
+    for done in range(0, resamples, chunk):
+        rows = min(chunk, resamples - done)
+        units = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]  # unit ids per row
+        yield np.bincount(units.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float64)
 
 
 def resampled_means(values: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -269,21 +286,14 @@ def paired_stratified_mean(
     )
 
 
-def corpus_value(ll_sum: np.ndarray, weight_sum: np.ndarray, aggregation: str) -> np.ndarray:
-    """Corpus perplexity or bits per byte from summed log-likelihoods and word/byte counts."""
-    mean_ll = ll_sum / weight_sum
-    return np.exp(-mean_ll) if aggregation == "weighted_perplexity" else -mean_ll / math.log(2)
-
-
 def corpus_delta_draws(
     base: np.ndarray, cur: np.ndarray, weights: np.ndarray, aggregation: str, bootstrap: Bootstrap
 ) -> np.ndarray:
     """Corpus value of current − baseline on ``bootstrap.resamples`` document resamples shared by both."""
 
-    def delta_of(idx: np.ndarray) -> np.ndarray:
-        weight_sum = weights[idx].sum(axis=1)
-        return corpus_value(cur[idx].sum(axis=1), weight_sum, aggregation) - corpus_value(
-            base[idx].sum(axis=1), weight_sum, aggregation
+    def delta_of(counts: np.ndarray) -> np.ndarray:
+        return aggregate_resampled(counts, cur, weights, aggregation) - aggregate_resampled(
+            counts, base, weights, aggregation
         )
 
     return resample_stats(base.size, delta_of, bootstrap)

@@ -68,12 +68,29 @@ def aggregate(values: np.ndarray, weights: np.ndarray, aggregation: str) -> floa
         return float(np.mean(values))
     if aggregation == "task_mean":
         return float(np.sum(values * weights) / np.sum(weights))
-    mean_ll = float(np.sum(values) / np.sum(weights))
-    if aggregation == "weighted_perplexity":
-        return math.exp(-mean_ll)
-    if aggregation == "bits_per_byte":
-        return -mean_ll / math.log(2)
+    if aggregation in CORPUS_AGGREGATIONS:
+        return float(corpus_value(np.sum(values), np.sum(weights), aggregation))
     raise SamplesError(f"aggregation {aggregation!r} is not one of {AGGREGATIONS}")
+
+
+def aggregate_resampled(
+    counts: np.ndarray, values: np.ndarray, weights: np.ndarray, aggregation: str
+) -> np.ndarray:
+    """:func:`aggregate` of every resample in ``counts`` (resamples × documents: how often each document
+    was drawn), as weighted sums: one matrix product per resampled column instead of a gather per row."""
+    if aggregation == "mean":
+        return counts @ values / values.size
+    if aggregation == "task_mean":
+        return counts @ (values * weights) / (counts @ weights)
+    if aggregation in CORPUS_AGGREGATIONS:
+        return corpus_value(counts @ values, counts @ weights, aggregation)
+    raise SamplesError(f"aggregation {aggregation!r} is not one of {AGGREGATIONS}")
+
+
+def corpus_value(ll_sum: np.ndarray, weight_sum: np.ndarray, aggregation: str) -> np.ndarray:
+    """Corpus perplexity or bits per byte from summed log-likelihoods and word/byte counts."""
+    mean_ll = ll_sum / weight_sum
+    return np.exp(-mean_ll) if aggregation == "weighted_perplexity" else -mean_ll / math.log(2)
 
 
 def metric_column(phase: str, task: str, metric: str) -> str:
