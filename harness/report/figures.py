@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from harness.report.comparisons import Statistics
-from harness.report.legibility import figure_text_problems, fit_text, place_labels
+from harness.report.legibility import fit_text, place_labels
 from harness.report.metrics import HIGHER, Metric, config_labels, metric_frame, row_keys, show
 from harness.report.pairwise import forest_figure, matrix_figure
 from harness.report.style import display, panels, storage_colour
@@ -542,8 +542,7 @@ def draw_figures(ok: pd.DataFrame, stats: Statistics | None, folder: Path) -> li
                 png.unlink(missing_ok=True)
                 svg.unlink(missing_ok=True)
                 continue
-            fit_text(fig)
-            problems = figure_text_problems(fig)
+            problems = fit_text(fig)
             fig.savefig(png, dpi=150)
             fig.savefig(svg)
             saved.append(SavedFigure(name, png, svg, caption, problems))

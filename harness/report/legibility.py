@@ -110,7 +110,11 @@ def figure_text_problems(fig: Figure) -> list[str]:
 
     Draws the figure; an empty list means every text stands clear.
     """
-    renderer, texts = drawn_texts(fig)
+    return _text_problems(fig, *drawn_texts(fig))
+
+
+def _text_problems(fig: Figure, renderer: RendererBase, texts: list[Text]) -> list[str]:
+    """:func:`figure_text_problems` of a figure drawn as ``renderer`` and ``texts`` say."""
     boxes = [text_box(t, renderer) for t in texts]
     canvas = fig.bbox
     problems = [
@@ -159,9 +163,9 @@ def _wrap_crowded_title(ax: Axes, fig: Figure, texts: list[Text], renderer: Rend
     return _rewrap(title, box.width, ax.get_window_extent(renderer).width)
 
 
-def _fit_once(fig: Figure) -> bool:
-    """One pass of :func:`fit_text`; whether it changed anything."""
-    renderer, texts = drawn_texts(fig)
+def _fit_once(fig: Figure, renderer: RendererBase, texts: list[Text]) -> bool:
+    """One pass of :func:`fit_text` over the figure drawn as ``renderer`` and ``texts`` say; whether it
+    changed anything."""
     grow = np.zeros(2)  # inches to add to the figure's width and height
     changed = False
     for ax in [a for a in fig.axes if a.get_visible()]:
@@ -188,13 +192,16 @@ def _fit_once(fig: Figure) -> bool:
     return changed or bool(grow.any())
 
 
-def fit_text(fig: Figure, passes: int = 3) -> None:
+def fit_text(fig: Figure, passes: int = 3) -> list[str]:
     """Wrap each axis label to the length of its axes and a title that runs off the canvas or into another
     text to its panel, and turn x tick labels upright where they collide; again while a pass changed the
-    layout (upright ticks leave the panel shorter)."""
+    layout (upright ticks leave the panel shorter). Returns :func:`figure_text_problems` of the result,
+    read off the last pass's drawing when that pass changed nothing (a drawing is most of the cost)."""
     for _ in range(passes):
-        if not _fit_once(fig):
-            return
+        drawing = drawn_texts(fig)
+        if not _fit_once(fig, *drawing):
+            return _text_problems(fig, *drawing)
+    return figure_text_problems(fig)
 
 
 def _segment_boxes(points: np.ndarray) -> list[Bbox]:
