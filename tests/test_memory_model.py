@@ -354,7 +354,7 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
         "eval=none",
         "lora.r=16",
         "train.steps=2",  # the second step is the first with optimizer state: every phase the model has
-        "train.batch_size=4",
+        "train.batch_size=2",  # activation terms: 18 % of what the job adds (batch 4: 32 %, twice the time)
         "train.seq_len=256",
         "quant.compute_dtype=fp32",
         "device=cpu",
@@ -368,10 +368,12 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path):
     estimate = result.train.memory_estimate
     baseline = estimate["terms"]["baseline_rss"]
     added, predicted = result.train.peak_memory_bytes - baseline, estimate["total"] - baseline
-    # Measured +1.2 % (407 vs 402 MiB; 2026-12-06 morning, Intel Xeon 2 cores, this venv, 3 steps) and
-    # +8.3 % / +8.8 % with 3 / 2 steps later that day (375 / 374 MiB added vs 406 predicted). The resident
-    # set moves with the environment: on 2026-12-01 the same job added 380 MiB in the project venv and 404
-    # MiB in a fresh CI clone's (a 6 % swing). Bound: the goal, +-15 %.
+    # Measured at batch 4: +1.2 % (407 vs 402 MiB; 2026-12-06 morning, Intel Xeon 2 cores, this venv, 3
+    # steps) and +8.3 % / +8.8 % with 3 / 2 steps later that day (375 / 374 MiB added vs 406 predicted). At
+    # batch 2 (half the training time): +6.9 % (327 MiB added vs 350 predicted; 2026-12-07 05:3x UTC, AMD
+    # EPYC AVX2, one thread as in make test). The resident set moves with the environment: on 2026-12-01
+    # the same job added 380 MiB in the project venv and 404 MiB in a fresh CI clone's (a 6 % swing).
+    # Bound: the goal, +-15 %.
     assert abs(predicted / added - 1) <= 0.15, (predicted >> 20, added >> 20, estimate["terms"])
     # qlora-plan, from the saved config.json alone (meta device), predicts the same peak for this batch.
     job = validate_config(config_dict(cfg))
