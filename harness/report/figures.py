@@ -543,6 +543,7 @@ def draw_figures(ok: pd.DataFrame, stats: Statistics | None, folder: Path) -> li
                 svg.unlink(missing_ok=True)
                 continue
             problems = fit_text(fig)
+            fig.set_layout_engine("none")  # saved as checked, and neither save lays it out again
             fig.savefig(png, dpi=150)
             fig.savefig(svg)
             saved.append(SavedFigure(name, png, svg, caption, problems))
