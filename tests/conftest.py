@@ -32,17 +32,19 @@ NUMERICAL_TESTS = (
     "test_families.py::test_gpt2_conv1d_quantized_as_transposed_linear",
 )
 
-# The longest tests (10-70 s each on 2 cores; `make test` lists the slowest), longest first: marked ``slow``
+# The longest tests (10-50 s each on 2 cores; `make test` lists the slowest), longest first: marked ``slow``
 # and run before the rest, in this order, so that under pytest-xdist the other worker meanwhile takes the
 # short ones and no long test is left trailing alone at the end. ``pytest -m "not slow"`` leaves them out.
 SLOW_TESTS = (
-    "test_sweep.py::test_smoke_sweep_runs_every_job_ok",
     "test_sweep.py::test_hard_crash_is_isolated_and_resume_skips_finished_jobs",
-    "test_sweep.py::test_submitit_local_launcher_runs_smoke_sweep",
     "test_memory_model.py::test_smollm2_shaped_job_peak_is_near_the_estimate",
+    "test_sweep.py::test_smoke_sweep_runs_every_job_ok",
+    "test_sweep.py::test_submitit_local_launcher_runs_smoke_sweep",
+    "test_sweep.py::test_forked_and_interpreter_job_processes_record_the_same_result",
     "test_report_figures.py::test_committed_report_rebuilds_from_its_tables_with_legible_figures",
     "test_families.py::test_family_job_quantizes_trains_and_evaluates",
     "test_stats.py::test_two_level_bootstrap_carries_seed_and_document_variance",
+    "test_evaluate.py::test_unknown_task_lists_close_matches",
     "test_gate.py::test_a_planted_fault_reaches_a_new_python_process",
     "test_job.py::test_failed_job_exits_nonzero_from_cli",
     "test_job.py::test_lean_heap_job_runs_and_records_its_choice",
