@@ -290,8 +290,8 @@ def test_a_glibc_that_strands_aligned_chunks_gets_a_caveat_under_the_fast_heap(
     monkeypatch, version, device, heap, warned
 ):
     """Before glibc 2.38 a freed 64-byte-aligned chunk is not reused for the next request of its size, so
-    the fast heap's peak can exceed the estimate: the estimate (stored by the job, printed by the planner)
-    carries a caveat naming the version."""
+    the fast heap's peak can stray from the estimate either way: the estimate (stored by the job, printed by
+    the planner) carries a caveat naming the version."""
     monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
     caveat = heap_caveat(device, heap)
     assert (caveat is not None) == warned

@@ -396,9 +396,9 @@ def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
     newer = ".".join(map(str, ALIGNED_REUSE_GLIBC))
     return (
         f"glibc {older} (before {newer}) does not reuse a freed 64-byte-aligned chunk for the next request "
-        "of its size, so under cpu_heap=fast the peak resident set can exceed the memory estimate (SmolLM2 "
-        "in fp32: by up to half; docs/performance.md); cpu_heap=lean or glibc "
-        f"{newer}+ makes the estimate hold"
+        "of its size, so under cpu_heap=fast the peak resident set can stray from the memory estimate either "
+        "way (SmolLM2 in fp32: up to half above it with gradient checkpointing, ~40 % below it without; "
+        f"docs/performance.md); cpu_heap=lean or glibc {newer}+ makes the estimate hold"
     )
 
 
