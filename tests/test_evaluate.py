@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 
+import harness.evaluate.tasks as eval_tasks
 from harness.config import EvalConfig, validate_config
 from harness.config import LoraConfig as JobLoraConfig
 from harness.data.paths import DataDirError, resolve_data_dir
@@ -238,6 +239,26 @@ def test_unknown_task_lists_close_matches() -> None:
     """A typo is caught before training, with the intended name suggested."""
     with pytest.raises(ValueError, match="arc_easy_locl.*did you mean arc_easy_local"):
         validate_tasks(EvalConfig(tasks=["synthetic_local", "arc_easy_locl"]), None)
+
+
+def test_a_typo_of_an_lm_eval_task_fails_from_the_kept_names_without_indexing_lm_eval(monkeypatch, tmp_path):
+    """lm-eval's own task names are kept under the cache dir, stamped with its install: a name neither the
+    shipped tasks nor those kept names know is refused with the kept names' close matches, and lm-eval's
+    ~15k task files are not indexed for it (no TaskManager with its defaults is built)."""
+    monkeypatch.setenv("QLORA_CACHE_DIR", str(tmp_path))
+    eval_tasks.builtin_task_names.cache_clear()
+    path, stamp = eval_tasks._builtin_names_file()
+    assert path.parent == tmp_path
+    path.write_text(json.dumps({"stamp": stamp, "names": ["hellaswag", "piqa", "zzz_only_kept_here"]}))
+    task_manager((), None, defaults=False)  # the shipped tasks' index, as validate_tasks builds it
+    indexed = task_manager.cache_info().currsize
+    try:
+        with pytest.raises(ValueError, match="'helaswag': did you mean hellaswag"):
+            validate_tasks(EvalConfig(tasks=["arc_easy_local", "helaswag"]), None)
+        assert eval_tasks.builtin_task_names() == {"hellaswag", "piqa", "zzz_only_kept_here"}
+    finally:
+        eval_tasks.builtin_task_names.cache_clear()
+    assert task_manager.cache_info().currsize == indexed
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,8 @@ from benchmarks.perf.standard_path import train_standard
 from harness.config import ComputeDtype, CpuHeap, JobConfig, config_dict, group_options
 from harness.data.collate import collate
 from harness.data.instruct import TokenizedExample, batch_order
-from harness.model.loading import LoadedModel, default_cache_dir
+from harness.model.loading import LoadedModel
+from harness.paths import default_cache_dir
 from harness.recipe import Runtime, Timer, attach_adapters, finish, prepare_model, setup
 from harness.train.loop import prepare_for_training, train_step
 from harness.train.meters import heap_policy, reset_peak_memory

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
+import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import lm_eval
+import lm_eval.tasks
 from lm_eval.tasks import TaskManager
 
 from harness.config import EvalConfig
 from harness.data.paths import data_file
+from harness.paths import default_cache_dir
 from harness.tasks import TASKS_DIR
 
 
@@ -27,13 +34,46 @@ def task_manager(include_path: tuple[str, ...], data_dir: str | None, defaults: 
     )
 
 
+def _builtin_names_file() -> tuple[Path, str]:
+    """Where lm-eval's own task names are kept, and the stamp they were read under (lm-eval's version and
+    its task folder's modification time: an upgrade or an edited install reads them again)."""
+    stamp = f"{lm_eval.__version__} {os.stat(Path(lm_eval.tasks.__file__).parent).st_mtime_ns}"
+    return default_cache_dir() / f"lm_eval-{lm_eval.__version__}-task-names.json", stamp
+
+
+@functools.cache
+def builtin_task_names() -> frozenset[str]:
+    """lm-eval's own task, group and tag names, indexed once per lm-eval install and kept on disk (a typo in
+    ``eval.tasks`` then fails at once instead of after the ~16 s index); an unreadable or unwritable cache
+    only costs the index."""
+    path, stamp = _builtin_names_file()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        kept = json.loads(path.read_text())
+        if kept["stamp"] == stamp:
+            return frozenset(kept["names"])
+    names = frozenset(task_manager((), None, defaults=True).all_tasks) - set(
+        task_manager((), None, defaults=False).all_tasks
+    )
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps({"stamp": stamp, "names": sorted(names)}))
+        partial.replace(path)  # atomic: concurrent jobs never read half a file
+    return names
+
+
 def manager_for(cfg: EvalConfig, data_dir: str | None) -> TaskManager:
-    """Index lm-eval's built-in tasks only when the shipped and user tasks do not cover ``cfg.tasks``."""
+    """Index lm-eval's built-in tasks only when the shipped and user tasks do not cover ``cfg.tasks``; a name
+    that neither they nor lm-eval's own (:func:`builtin_task_names`) know is refused first."""
     paths = tuple(str(p) for p in cfg.include_path)
     data_dir = str(data_dir) if data_dir else None
     local = task_manager(paths, data_dir, defaults=False)
-    if all(name in local.task_index for name in cfg.tasks):
+    missing = [name for name in cfg.tasks if name not in local.task_index]
+    if not missing:
         return local
+    builtin = builtin_task_names()
+    if unknown := [name for name in missing if name not in builtin]:
+        raise ValueError(_unknown_message(unknown, sorted(set(local.all_tasks) | builtin)))
     return task_manager(paths, data_dir, defaults=True)
 
 
@@ -83,10 +123,7 @@ def validate_tasks(cfg: EvalConfig, data_dir: str | None) -> None:
     checked by ``EvalConfig``)."""
     if not cfg.tasks:
         return
-    tm = manager_for(cfg, data_dir)
-    unknown = [name for name in cfg.tasks if name not in tm.task_index]
-    if unknown:
-        raise ValueError(_unknown_message(unknown, tm.all_tasks))
+    tm = manager_for(cfg, data_dir)  # raises on an unknown task name
     for name in cfg.tasks:
         for relative in data_files(tm, name):
             data_file(relative, data_dir)  # raises DataDirError naming the file and the setting

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from harness.config import ModelConfig
 from harness.model.checkpoint import ShardedCheckpoint
 from harness.model.tiny import build_tiny_model
+from harness.paths import default_cache_dir
 from harness.plan.shipped import SHIPPED_CONFIGS, weights_not_shipped
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,6 @@ class LoadedModel:
 
 class ModelSourceError(ValueError):
     """``model.name_or_path`` names nothing that can be loaded."""
-
-
-def default_cache_dir(configured: str | None) -> Path:
-    return Path(configured or os.environ.get("QLORA_CACHE_DIR", "~/.cache/qlora-bench")).expanduser()
 
 
 def _gguf_path(package: str, filename: str) -> Path:

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from harness.model.loading import SHIPPED_GGUF, TINY, default_cache_dir
+from harness.model.loading import SHIPPED_GGUF, TINY
 from harness.model.tiny import build_tiny_model
+from harness.paths import default_cache_dir
 from harness.plan.shipped import CONFIG_DIR, SHIPPED_CONFIGS
 from harness.train.memory_model import ModelShape
 
