@@ -3,7 +3,7 @@
 How long ``make demo`` takes after set-up, and why: the quickstart sweep and its report, run as ``make demo``
 runs them (``qlora-bench -m +sweep=quickstart``, then ``qlora-report``; here into ``runs/demo_time`` with
 ``+force=true``, so every job runs), with each job's stage times read from its ``result.json``. This CPU's
-matmul rate on the model's layer shapes (``benchmarks.perf.measure.matmul_rate``, the job's compute dtype) is
+matmul rate on the model's layer shapes (``benchmarks.perf.training_limit``, the job's compute dtype) is
 probed just before and just after: a shared 2-core machine's speed drifts by up to ~2x between hours, and the
 probes say which hour a time was measured in. The goal is issue 25's: 8 minutes on a 2-core AVX2-only CPU
 (fp32 compute), 4 on an AVX-512 BF16 one. Extra arguments are Hydra overrides for every job (e.g.
@@ -25,7 +25,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from benchmarks.perf.measure import matmul_rate  # noqa: E402
+from benchmarks.perf.__main__ import training_limit  # noqa: E402
+from benchmarks.perf.eval_cost import LIMIT_SETTINGS  # noqa: E402
 from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
 from harness.env import git_commit, short_commit  # noqa: E402
 from harness.train.meters import glibc_version  # noqa: E402
@@ -34,14 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP_DIR = Path("runs/demo_time")
 REPORT_DIR = Path("runs/reports/demo_time")
 GOAL_S = {True: 240, False: 480}  # by whether the CPU computes bf16 natively (issue 25, item 2)
-# SmolLM2-135M's linear layers (in, out): q, k, v, o, gate, up, down
-SHAPES = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
 STAGES = ("data", "load", "quantize", "eval_before", "train", "eval")
 
 
-def probe(dtype: torch.dtype) -> float:
-    """GFLOP/s of F.linear over SmolLM2's layer shapes at 512 rows, best of three 2-second reads."""
-    return max(matmul_rate(SHAPES, 512, dtype, torch.device("cpu")) for _ in range(3)) / 1e9
+def probe() -> float:
+    """GFLOP/s of the evaluation benchmark's forward-limit probe (``benchmarks.perf.training_limit``: F.linear
+    over the model's layer shapes at 512 rows, in the job's compute dtype), best of three 2-second reads."""
+    return max(training_limit(LIMIT_SETTINGS)["rate"] for _ in range(3)) / 1e9
 
 
 def timed(cmd: list[str]) -> float:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job")
     args = parser.parse_args(argv)
     native = cpu_has_native_bf16()
-    dtype = torch.bfloat16 if native else torch.float32
+    _, dtype = LIMIT_SETTINGS.device_and_dtype()
     bin_dir = Path(sys.executable).parent
     meta = {
         "args": ([f"--out {args.out}"] if args.out != parser.get_default("out") else []) + args.overrides,
@@ -131,12 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": str(dtype).removeprefix("torch."),
         "glibc": ".".join(map(str, glibc_version() or ("none",))),
         "start": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "rate_before": probe(dtype),
+        "rate_before": probe(),
     }
     sweep = [str(bin_dir / "qlora-bench"), "-m", "+sweep=quickstart", f"hydra.sweep.dir={SWEEP_DIR}"]
     meta["sweep_s"] = timed([*sweep, "+force=true", *args.overrides])
     meta["report_s"] = timed([str(bin_dir / "qlora-report"), str(SWEEP_DIR), "-o", str(REPORT_DIR)])
-    meta["rate_after"] = probe(dtype)
+    meta["rate_after"] = probe()
     meta["end"] = time.strftime("%H:%M", time.gmtime())
     text = render(meta, job_rows(SWEEP_DIR))
     out = ROOT / args.out
