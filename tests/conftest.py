@@ -44,7 +44,6 @@ SLOW_TESTS = (
     "test_report_figures.py::test_committed_report_rebuilds_from_its_tables_with_legible_figures",
     "test_families.py::test_family_job_quantizes_trains_and_evaluates",
     "test_stats.py::test_two_level_bootstrap_carries_seed_and_document_variance",
-    "test_evaluate.py::test_unknown_task_lists_close_matches",
     "test_gate.py::test_a_planted_fault_reaches_a_new_python_process",
     "test_job.py::test_failed_job_exits_nonzero_from_cli",
     "test_job.py::test_lean_heap_job_runs_and_records_its_choice",
