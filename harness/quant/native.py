@@ -3,14 +3,13 @@
 Decoding is level[code] * block scale. In torch it takes four passes over the weight (widen the bytes to
 an index, gather, scale, cast), about 4x the memory traffic of bitsandbytes' fused kernel, which is what
 kept the codebook types at 2.0-2.3x bitsandbytes NF4's layer time in bf16 (reports/quant/codebook.md).
-This module compiles one small C loop with the system C compiler on first use (the way bitsandbytes
-loads its library: ctypes, plain C, no torch headers, well under a second) into a per-user cache and
-runs it on torch's own OpenMP threads. Per block it forms the 16 products level * scale in fp32 once and
-rounds each to the output dtype once (bf16 by round-half-even, as torch's cast), then looks the codes up
-in that table: on CPUs with AVX-512 (checked at run time; the file is built for any x86-64 or other CPU)
-the fp32 and bf16 tables are built in one register (one multiply, an in-register rounding) and one
-permute yields 16 fp32 or 32 bf16/fp16 values, already interleaved, else one store per byte for both
-values. The same values as the torch path, bit for bit (tested).
+This module compiles one small C loop with the system C compiler on first use (``harness.native``: plain C, no
+torch headers, well under a second, cached per user) and runs it on torch's own OpenMP threads. Per block it
+forms the 16 products level * scale in fp32 once and rounds each to the output dtype once (bf16 by
+round-half-even, as torch's cast), then looks the codes up in that table: on CPUs with AVX-512 (checked at run
+time; the file is built for any x86-64 or other CPU) the fp32 and bf16 tables are built in one register (one
+multiply, an in-register rounding) and one permute yields 16 fp32 or 32 bf16/fp16 values, already interleaved,
+else one store per byte for both values. The same values as the torch path, bit for bit (tested).
 
 Where no compiler is found or compiling fails, ``decode_pairs`` returns None and callers keep the torch
 path, so nothing needs the compiler to work. ``QLORA_BENCH_NATIVE=0`` turns the compiled path off.
@@ -19,15 +18,11 @@ path, so nothing needs the compiler to work. ``QLORA_BENCH_NATIVE=0`` turns the 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from functools import cache
-from pathlib import Path
 
 import torch
+
+from harness.native import compiled_library
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -191,42 +186,15 @@ _FLAG_SETS = (("-O3", "-shared", "-fPIC", "-fopenmp"), ("-O3", "-shared", "-fPIC
 _MIN_BYTES_PER_THREAD = 1 << 16  # below this, one thread: a hand-off costs more than it saves
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qlora-bench"
-
-
 @cache
 def _library() -> ctypes.CDLL | None:
-    """The compiled decode, built once per source, compiler and flags into the cache (with OpenMP where
-    the compiler has it); None without a compiler or where no build works."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if os.environ.get("QLORA_BENCH_NATIVE", "1") == "0" or compiler is None:
-        return None
-    for flags in _FLAG_SETS:
-        library = _build(compiler, flags)
-        if library is not None:
-            for name in _FUNCTIONS.values():
-                getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
-            return library
-    return None
-
-
-def _build(compiler: str, flags: tuple[str, ...]) -> ctypes.CDLL | None:
-    key = hashlib.sha256("\0".join([_SOURCE, compiler, *flags]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"decode-{key}.so"
-    try:
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-                source, built = Path(scratch) / "decode.c", Path(scratch) / "decode.so"
-                source.write_text(_SOURCE)
-                subprocess.run(
-                    [compiler, *flags, str(source), "-o", str(built)], check=True, capture_output=True
-                )
-                os.replace(built, target)  # atomic: concurrent jobs never load a half-written file
-        return ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    """The compiled decode (with OpenMP where the compiler has it); None without a compiler or where no
+    build works (``harness.native``)."""
+    library = compiled_library("decode", _SOURCE, "c", _FLAG_SETS)
+    if library is not None:
+        for name in _FUNCTIONS.values():
+            getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
+    return library
 
 
 def decode_pairs(

@@ -1,0 +1,70 @@
+"""Small native libraries: compiled on first use with the system compiler into the per-user cache, loaded
+with ctypes (the way bitsandbytes loads its library; no Python extension module, no build step at install).
+
+Two use it: the 4-bit decode (``harness.quant.native``, plain C) and the CPU tensor allocator
+(``harness.train.cpu_allocator``, C++ against torch's own headers). Where no compiler is found or every
+build fails, :func:`compiled_library` returns None and the caller keeps its torch path, so nothing needs a
+compiler to work. ``QLORA_BENCH_NATIVE=0`` turns every compiled path off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.paths import default_cache_dir
+
+# The compiler each language is built with: (environment variable, default).
+COMPILERS = {"c": ("CC", "cc"), "c++": ("CXX", "c++")}
+
+
+def native_enabled() -> bool:
+    """False when ``QLORA_BENCH_NATIVE=0`` asks for the torch paths only."""
+    return os.environ.get("QLORA_BENCH_NATIVE", "1") != "0"
+
+
+def compiled_library(
+    name: str,
+    source: str,
+    language: str,
+    flag_sets: Sequence[tuple[str, ...]],
+    libraries: tuple[str, ...] = (),
+) -> ctypes.CDLL | None:
+    """``source`` built as a shared library and loaded; the first of ``flag_sets`` that builds wins (e.g.
+    with OpenMP, then without). ``libraries`` are linked after the source. Built once per source, compiler
+    and flags into ``default_cache_dir()/NAME-KEY.so``, written atomically (concurrent jobs never load a
+    half-written file); None when disabled, without a compiler, or where no flag set builds."""
+    variable, default = COMPILERS[language]
+    compiler = shutil.which(os.environ.get(variable, default))
+    if not native_enabled() or compiler is None:
+        return None
+    for flags in flag_sets:
+        library = _build(name, source, language, compiler, (*flags, "@", *libraries))
+        if library is not None:
+            return library
+    return None
+
+
+def _build(name: str, source: str, language: str, compiler: str, args: tuple[str, ...]) -> ctypes.CDLL | None:
+    """``args`` are the flags, ``@`` where the source goes, then what is linked after it."""
+    key = hashlib.sha256("\0".join([source, compiler, *args]).encode()).hexdigest()[:16]
+    target = default_cache_dir() / f"{name}-{key}.so"
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+                file = Path(scratch) / f"{name}.{'c' if language == 'c' else 'cpp'}"
+                built = Path(scratch) / f"{name}.so"
+                file.write_text(source)
+                command = [compiler, *(str(file) if a == "@" else a for a in args), "-o", str(built)]
+                subprocess.run(command, check=True, capture_output=True)
+                os.replace(built, target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.CalledProcessError):
+        return None
