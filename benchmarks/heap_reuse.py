@@ -13,7 +13,9 @@ with glibc alone (``libc_rounds``) is deterministic: an 18 MiB ``posix_memalign(
 allocation kept after it is never reused, an 18 MiB ``malloc`` is. That is glibc before 2.38
 (``harness.train.meters.ALIGNED_REUSE_GLIBC``): under 2.41 (``benchmarks/with_debian_glibc.sh trixie -m
 benchmarks.heap_reuse``, 2026-12-06) the aligned chunk and both matmul cases are reused (0 MiB a round after
-the first; docs/performance.md).
+the first; docs/performance.md). The matmul cases run with torch's own allocator (``QLORA_BENCH_NATIVE=0``)
+unless the row says ``malloc``: the harness's allocator (``harness.train.cpu_allocator``, which the heap
+policy installs), whose plain ``malloc`` requests glibc reuses on any version.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ import sys
 
 from harness.train.meters import heap_policy, heap_stats
 
-CASES = [("float32", False), ("float32", True), ("bfloat16", False)]  # (dtype, MKL_DISABLE_FAST_MM)
+# (dtype, MKL_DISABLE_FAST_MM, CPU allocator)
+CASES = [
+    ("float32", False, "torch"),
+    ("float32", True, "torch"),
+    ("bfloat16", False, "torch"),
+    ("float32", False, "malloc"),
+    ("bfloat16", False, "malloc"),
+]
 TOKENS, HIDDEN, WIDEST = 8192, 576, 1536  # SmolLM2-135M's MLP at the quickstart's largest micro-batch
 MIB = 2**20
 
@@ -98,14 +107,16 @@ def main() -> None:
     if args.worker:
         print(json.dumps(WORKERS[args.worker](args.rounds)))
         return
-    print("| dtype | MKL_DISABLE_FAST_MM | heap growth per round (MiB) | free in the heap at the end (MiB) |")
-    print("|---|---|---|---|")
-    for dtype_name, no_fast_mm in CASES:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"} | ({"MKL_DISABLE_FAST_MM": "1"} if no_fast_mm else {})
+    print("| dtype | MKL_DISABLE_FAST_MM | allocator | heap growth per round (MiB) | free at the end (MiB) |")
+    print("|---|---|---|---|---|")
+    for dtype_name, no_fast_mm, allocator in CASES:
+        native = "1" if allocator == "malloc" else "0"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "QLORA_BENCH_NATIVE": native}
+        env |= {"MKL_DISABLE_FAST_MM": "1"} if no_fast_mm else {}
         heap = spawn(dtype_name, args.rounds, env)
         growth = [(b["heap"] - a["heap"]) / MIB for a, b in zip(heap, heap[1:], strict=False)]
         setting = "1" if no_fast_mm else "unset"
-        print(f"| {dtype_name} | {setting} | {joined(growth)} | {heap[-1]['free'] / MIB:.1f} |")
+        print(f"| {dtype_name} | {setting} | {allocator} | {joined(growth)} | {heap[-1]['free'] / MIB:.1f} |")
     print("\n| glibc alone: 18 MiB chunk, 64 KiB kept after it | heap growth per round (MiB) |\n|---|---|")
     for way, name in (("malloc", "malloc"), ("memalign", "posix_memalign(64)")):
         print(f"| `{name}` | {joined(spawn(way, args.rounds))} |")

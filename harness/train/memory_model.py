@@ -17,7 +17,9 @@ exists): the end of the forward (all saved activations, the logits/cross-entropy
 copies of the adapter weights), the backward of a recomputed layer, and the optimizer step. On CPU the
 measured peak is the resident set, so two more terms count: the process's baseline (libraries, data;
 measured before the model is loaded) and, under ``cpu_heap=fast``, what glibc's heap keeps of freed
-memory (``heap_retained``; ``harness.train.meters``).
+memory (``heap_retained``; ``harness.train.meters``), a term only where torch's tensors do not come from
+the harness's malloc allocator (``harness.train.cpu_allocator``: with it the fast heap holds ~100 MiB of
+free chunks at the peak, which the measured runtime term covers).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
+from harness.train.cpu_allocator import malloc_allocator_available
 from harness.train.meters import ALIGNED_REUSE_GLIBC, FAST_MMAP_THRESHOLD, glibc_version
 
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 (get_peft_model's autocast_adapter_dtype)
@@ -47,13 +50,14 @@ CPU_RUNTIME_BYTES = 74 * MIB
 # fp32 runs MKL's sgemm and has no such term. Counted per distinct micro-batch shape a job trained; a plan,
 # before any batch exists, counts every micro-batch as new (an upper bound).
 KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
-# cpu_heap=fast: glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free bytes
-# (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold, by whether
-# the running glibc reuses freed aligned chunks (ALIGNED_REUSE_GLIBC). From 2.38 (SmolLM2 quickstart jobs on
-# glibc 2.41, docs/performance.md): fp32 held about 2 such bytes per transient byte above the live-tensor
-# terms, bf16 about none, for a reason not found (not MKL's buffer cache); 0.75, fitted to balance the two,
-# leaves each within ±11 %. Before 2.38: fitted on SmolLM2 in bf16 under glibc 2.36, whose stranded chunks
-# (heap_caveat) it partly absorbs. A GPT-NeoX's heap kept as much with few such tensors
+# cpu_heap=fast where torch's own allocator serves CPU tensors (no compiler for harness.train.cpu_allocator,
+# or QLORA_BENCH_NATIVE=0): glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free
+# bytes (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold, by
+# whether the running glibc reuses freed aligned chunks (ALIGNED_REUSE_GLIBC). From 2.38 (SmolLM2 quickstart
+# jobs on glibc 2.41, docs/performance.md): fp32 held about 2 such bytes per transient byte above the
+# live-tensor terms, bf16 about none, for a reason not found (not MKL's buffer cache); 0.75, fitted to balance
+# the two, leaves each within ±11 %. Before 2.38: fitted on SmolLM2 in bf16 under glibc 2.36, whose stranded
+# chunks (heap_caveat) it partly absorbs. A GPT-NeoX's heap kept as much with few such tensors
 # (reports/plan/README.md): an open term.
 HEAP_RETAINED = 0.75
 HEAP_RETAINED_BEFORE_ALIGNED_REUSE = 2.0
@@ -361,7 +365,7 @@ def estimate_peak_memory(
     if device.type == "cpu":
         terms.update(cpu_terms(train, compute_bytes, batch_shapes))
     phases = step_phases(terms)
-    if device.type == "cpu" and cpu_heap == "fast":
+    if device.type == "cpu" and cpu_heap == "fast" and not malloc_allocator_available():
         peak = max(phases, key=phases.get)
         terms["heap_retained"] = round(
             heap_retained_per_transient_byte() * heap_transient(terms, peak, shape, batch, compute_bytes)
@@ -389,8 +393,11 @@ def heap_retained_per_transient_byte() -> float:
 
 def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
     """What a reader of a CPU estimate under the fast heap must know where this glibc strands freed chunks
-    (``harness.train.meters.ALIGNED_REUSE_GLIBC``); None where the estimate's heap term applies."""
+    (``harness.train.meters.ALIGNED_REUSE_GLIBC``) and torch's own allocator serves them; None where the
+    estimate holds."""
     if device.type != "cpu" or cpu_heap != "fast" or reuses_aligned_chunks() is not False:
+        return None
+    if malloc_allocator_available():  # torch's tensors come from plain malloc, which glibc reuses exactly
         return None
     older = ".".join(map(str, glibc_version()))
     newer = ".".join(map(str, ALIGNED_REUSE_GLIBC))
@@ -398,7 +405,8 @@ def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
         f"glibc {older} (before {newer}) does not reuse a freed 64-byte-aligned chunk for the next request "
         "of its size, so under cpu_heap=fast the peak resident set can stray from the memory estimate either "
         "way (SmolLM2 in fp32: up to half above it with gradient checkpointing, ~40 % below it without; "
-        f"docs/performance.md); cpu_heap=lean or glibc {newer}+ makes the estimate hold"
+        "docs/performance.md); a C++ compiler (for harness.train.cpu_allocator), cpu_heap=lean or "
+        f"glibc {newer}+ makes the estimate hold"
     )
 
 

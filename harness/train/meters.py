@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from harness.train.cpu_allocator import use_malloc_allocator
+
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -37,6 +39,7 @@ FAST_MMAP_THRESHOLD = 32 * 2**20
 # chunk in its bins. Before, it always asks for alignment + MINSIZE bytes more than the request, so a freed
 # activation that cannot merge with a neighbour is never reused by the next one of its size: under the fast
 # heap every such free strands its pages (``benchmarks/heap_reuse.py``: +18 MiB a round on 2.36, 0 on 2.41).
+# ``harness.train.cpu_allocator`` avoids aligned requests altogether where it builds.
 ALIGNED_REUSE_GLIBC = (2, 38)
 
 
@@ -75,10 +78,13 @@ def _glibc() -> ctypes.CDLL | None:
 
 def _set_heap_policy(lean: bool) -> bool:
     """Fix glibc's mmap threshold (``LEAN_MMAP_THRESHOLD`` or ``FAST_MMAP_THRESHOLD``) and trim the heap
-    (``malloc_trim`` returns its free pages); False where the C library is not glibc. Cheap, idempotent."""
+    (``malloc_trim`` returns its free pages); False where the C library is not glibc. Cheap, idempotent.
+    The first call also makes torch's CPU tensors come from plain malloc, which glibc reuses exactly
+    (``harness.train.cpu_allocator``)."""
     libc = _glibc()
     if libc is None:
         return False
+    use_malloc_allocator()
     libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else FAST_MMAP_THRESHOLD)
     return trim_heap()
 
