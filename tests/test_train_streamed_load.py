@@ -3,6 +3,9 @@ model, which then computes exactly what the eagerly loaded and quantized model c
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +13,7 @@ from harness.config import ModelConfig
 from harness.model.checkpoint import ShardedCheckpoint
 from harness.model.loading import load_model
 from harness.model.replace import replace_linear_layers
-from harness.model.tiny import build_tiny_model
+from harness.model.tiny import build_tiny_family, build_tiny_model
 
 CPU = torch.device("cpu")
 
@@ -61,3 +64,33 @@ def test_a_shard_cut_short_is_an_error_naming_the_file(sharded_model_dir):
     with pytest.raises(ValueError, match="is cut short"):
         for name in checkpoint.files:
             checkpoint.read(name)
+
+
+def file_mapped_ranges() -> list[tuple[int, int]]:
+    """Address ranges of this process's file-backed .safetensors mappings (Linux /proc/self/maps)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    spans = [line.split()[0].split("-") for line in lines if ".safetensors" in line]
+    return [(int(start, 16), int(end, 16)) for start, end in spans]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_an_eagerly_loaded_model_keeps_no_view_of_its_checkpoint_after_quantization(tmp_path):
+    """A model loaded eagerly (``stream_weights=False``, as a hub id or a checkpoint whose names do not map
+    onto the model) has its tensors as views into the safetensors memory map when the file's dtype is the
+    compute dtype. After quantization no parameter or buffer may still view it (a GPT-NeoX's linear biases
+    once did): one view keeps the whole file resident, every replaced weight included (a Pythia-160M-shaped
+    job held 619 MiB of file pages in its resident set)."""
+    model, tokenizer = build_tiny_family("gpt_neox")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(ModelConfig(name_or_path=str(tmp_path)), torch.float32, stream_weights=False)
+    ranges = file_mapped_ranges()
+
+    def viewing(tensors) -> list[str]:
+        return [n for n, t in tensors if any(a <= t.data_ptr() < b for a, b in ranges)]
+
+    assert viewing(loaded.model.named_parameters()), "the eager load no longer maps the file: test moot"
+    replace_linear_layers(loaded.model, "nf4", 64, True, torch.float32, CPU, ["embed_out"])
+    tensors = [*loaded.model.named_parameters(), *loaded.model.named_buffers()]
+    assert any(n.endswith(".bias") for n, _ in tensors)
+    assert viewing(tensors) == []

@@ -62,8 +62,12 @@ class QuantLinear(nn.Module):
         self._packed_dtypes = {role: t.dtype for role, t in qweight.tensors.items()}
         for role, tensor in qweight.tensors.items():
             self.register_buffer(f"packed_{role}", _as_bits(tensor))
+        # an owned copy: a bias viewing an eagerly loaded checkpoint's memory map (same dtype: no cast)
+        # would keep the whole file resident, every replaced weight included
         self.bias = (
-            None if bias is None else nn.Parameter(bias.detach().to(compute_dtype), requires_grad=False)
+            None
+            if bias is None
+            else nn.Parameter(bias.detach().to(compute_dtype, copy=True), requires_grad=False)
         )
         self.dense_weight: torch.Tensor | None = None
 
