@@ -156,8 +156,9 @@ def breakdown(harness: dict) -> str:
         table(["memory model term", "MiB"], rows)
         + f"\n\nAbove the baseline (resident set before any weight is read): model {mib(predicted)} MiB, "
         f"measured {mib(measured)} MiB, error "
-        f"**{error}** (bound ±15 % under either cpu_heap policy: the model counts live tensors, and under "
-        "`fast` its heap_retained term also counts the freed chunks glibc's heap keeps resident)."
+        f"**{error}** (bound ±15 % under either cpu_heap policy: the model counts live tensors; under `fast` "
+        "glibc's heap keeps freed chunks resident and reuses them, exactly so with CPU tensors from malloc "
+        "(harness.train.cpu_allocator), else a heap_retained term counts what it keeps)."
         + (f" **Caveat:** {estimate['caveat']}." if "caveat" in estimate else "")
     )
 
