@@ -22,6 +22,7 @@ from harness.paths import default_cache_dir
 
 # The compiler each language is built with: (environment variable, default).
 COMPILERS = {"c": ("CC", "cc"), "c++": ("CXX", "c++")}
+SUFFIXES = {"c": ".c", "c++": ".cpp"}
 
 
 def native_enabled() -> bool:
@@ -45,25 +46,27 @@ def compiled_library(
     if not native_enabled() or compiler is None:
         return None
     for flags in flag_sets:
-        library = _build(name, source, language, compiler, (*flags, "@", *libraries))
+        library = _build(name, source, SUFFIXES[language], [compiler, *flags], libraries)
         if library is not None:
             return library
     return None
 
 
-def _build(name: str, source: str, language: str, compiler: str, args: tuple[str, ...]) -> ctypes.CDLL | None:
-    """``args`` are the flags, ``@`` where the source goes, then what is linked after it."""
-    key = hashlib.sha256("\0".join([source, compiler, *args]).encode()).hexdigest()[:16]
+def _build(
+    name: str, source: str, suffix: str, command: list[str], libraries: tuple[str, ...]
+) -> ctypes.CDLL | None:
+    """``command`` (compiler and flags) + the source file + ``libraries`` + ``-o`` the library."""
+    key = hashlib.sha256("\0".join([source, *command, *libraries]).encode()).hexdigest()[:16]
     target = default_cache_dir() / f"{name}-{key}.so"
     try:
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-                file = Path(scratch) / f"{name}.{'c' if language == 'c' else 'cpp'}"
-                built = Path(scratch) / f"{name}.so"
+                file, built = Path(scratch) / f"{name}{suffix}", Path(scratch) / f"{name}.so"
                 file.write_text(source)
-                command = [compiler, *(str(file) if a == "@" else a for a in args), "-o", str(built)]
-                subprocess.run(command, check=True, capture_output=True)
+                subprocess.run(
+                    [*command, str(file), *libraries, "-o", str(built)], check=True, capture_output=True
+                )
                 os.replace(built, target)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError):

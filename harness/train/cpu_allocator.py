@@ -86,7 +86,8 @@ extern "C" void qlora_bench_raw_deallocate(void* p) { c10::GetCPUAllocator()->ra
 
 
 def _flags() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Compile flags (torch's headers and C++ ABI) and what to link (torch's libc10, found at run time)."""
+    """Compile flags (torch's headers and C++ ABI; its version, which keys the cached build) and what to
+    link (torch's libc10, found at run time)."""
     root = Path(torch.__file__).parent
     abi = int(torch.compiled_with_cxx11_abi())
     compile_flags = ("-O2", "-shared", "-fPIC", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}")
