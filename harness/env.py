@@ -13,8 +13,7 @@ import torch
 
 from harness.device import device_name
 from harness.paths import CHECKOUT
-from harness.train.cpu_allocator import malloc_allocator_available
-from harness.train.meters import glibc_version
+from harness.train.meters import cpu_tensors_from_malloc, glibc_version
 
 STARTED_KEY = "started_utc"  # when the job started, UTC; reports show the first and last
 COMMIT_KEY = "git_commit"  # the checkout's commit; reports list every commit a row's jobs ran at
@@ -82,7 +81,7 @@ def environment(device: torch.device, compute_dtype: str, compute_dtype_reason: 
             "glibc": ".".join(map(str, glibc_version())) if glibc_version() else None,
             # where CPU tensors come from once the job sets its heap policy: "malloc" (reused exactly by
             # glibc, harness.train.cpu_allocator) or "torch" (its posix_memalign; no compiler, not glibc)
-            "cpu_allocator": "malloc" if glibc_version() and malloc_allocator_available() else "torch",
+            "cpu_allocator": "malloc" if cpu_tensors_from_malloc() else "torch",
             # "forked": a sweep job forked from the preloaded forkserver (harness.sweep.isolate), whose CPU
             # peak RSS leaves out library pages that only the imports touched (110-150 MiB measured)
             "job_process": "forked" if multiprocessing.parent_process() else "interpreter",

@@ -9,11 +9,11 @@ import ctypes
 import pytest
 import torch
 
-from harness.train.cpu_allocator import malloc_allocations, malloc_allocator_available, raw_deallocate
-from harness.train.meters import glibc_version, heap_policy
+from harness.train.cpu_allocator import malloc_allocations, raw_deallocate
+from harness.train.meters import cpu_tensors_from_malloc, heap_policy
 
 pytestmark = pytest.mark.skipif(
-    glibc_version() is None or not malloc_allocator_available(),
+    not cpu_tensors_from_malloc(),
     reason="the malloc allocator needs glibc and a C++ compiler (without them torch's allocator stays)",
 )
 MIB = 2**20

@@ -259,7 +259,7 @@ def test_fast_heap_keeps_a_multiple_of_the_peak_transient_under_its_mmap_thresho
     aligned chunks (2.38+: HEAP_RETAINED; off glibc the larger); tensors of 32 MiB or more (here 512 rows of
     fp32 logits, 96 MiB) get their own mapping and go back to the OS; lean returns everything."""
     monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
-    monkeypatch.setattr(memory_model, "malloc_allocator_available", lambda: False)
+    monkeypatch.setattr(memory_model, "cpu_tensors_from_malloc", lambda: False)
     assert HEAP_RETAINED < HEAP_RETAINED_BEFORE_ALIGNED_REUSE == 2.0
     small_logits, large_logits = BatchShape(4, 256, 128), BatchShape(4, 256, 512)
     for batch in (small_logits, large_logits):
@@ -281,7 +281,7 @@ def test_with_tensors_from_malloc_the_fast_heap_keeps_nothing_beyond_the_live_te
     the lean one, with no heap term and no caveat, on any glibc (SmolLM2 quickstart NF4 in fp32, with and
     without checkpointing, on 2.36 and 2.41: ~100 MiB free at the peak; docs/performance.md)."""
     monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
-    monkeypatch.setattr(memory_model, "malloc_allocator_available", lambda: True)
+    monkeypatch.setattr(memory_model, "cpu_tensors_from_malloc", lambda: True)
     for batch in (BatchShape(4, 256, 128), BatchShape(4, 256, 512)):
         lean, fast = cpu_estimate("lean", batch), cpu_estimate("fast", batch)
         assert "heap_retained" not in fast["terms"] and "caveat" not in fast
@@ -308,7 +308,7 @@ def test_a_glibc_that_strands_aligned_chunks_gets_a_caveat_under_the_fast_heap(
     stray from the estimate either way: the estimate (stored by the job, printed by the planner) carries a
     caveat naming the version."""
     monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
-    monkeypatch.setattr(memory_model, "malloc_allocator_available", lambda: False)
+    monkeypatch.setattr(memory_model, "cpu_tensors_from_malloc", lambda: False)
     caveat = heap_caveat(device, heap)
     assert (caveat is not None) == warned
     if warned:
@@ -325,6 +325,18 @@ def test_a_glibc_that_strands_aligned_chunks_gets_a_caveat_under_the_fast_heap(
         cpu_heap=heap,
     )
     assert estimate.get("caveat") == caveat
+
+
+def test_off_glibc_jobs_keep_torchs_allocator_and_the_fast_heap_term(monkeypatch):
+    """The malloc allocator is installed by glibc's heap policy only: where the C library is not glibc, a
+    job's CPU tensors come from torch's allocator whether or not the allocator builds, and the fast heap's
+    estimate keeps its heap term (the larger factor)."""
+    monkeypatch.setattr(meters, "_glibc", lambda: None)
+    monkeypatch.setattr(meters, "malloc_allocator_available", lambda: True)
+    assert not meters.cpu_tensors_from_malloc()
+    monkeypatch.setattr(memory_model, "glibc_version", lambda: None)
+    fast = cpu_estimate("fast", BatchShape(4, 256, 128))
+    assert fast["terms"]["heap_retained"] > 0 and "caveat" not in fast
 
 
 @pytest.mark.parametrize(

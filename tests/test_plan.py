@@ -101,7 +101,7 @@ def test_a_cpu_plan_under_the_fast_heap_notes_a_glibc_that_strands_freed_chunks(
     serves CPU tensors (no compiler for harness.train.cpu_allocator), the plan says its peak can stray;
     from 2.38 on, with the malloc allocator, or under cpu_heap=lean, it does not."""
     monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
-    monkeypatch.setattr(memory_model, "malloc_allocator_available", lambda: malloc_allocator)
+    monkeypatch.setattr(memory_model, "cpu_tensors_from_malloc", lambda: malloc_allocator)
 
     def strand_notes(*overrides: str) -> list[str]:
         (label, job), *_ = compose_jobs([f"model.name_or_path={tiny_dir}", *overrides], multirun=False)

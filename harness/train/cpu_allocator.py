@@ -133,6 +133,6 @@ def use_malloc_allocator() -> bool:
 
 
 def malloc_allocator_available() -> bool:
-    """Whether a job here would train with the malloc allocator: it builds (or was built); on glibc, where
-    ``harness.train.meters`` sets a heap policy."""
+    """Whether the malloc allocator builds here (or was built); whether jobs use it is
+    ``harness.train.meters.cpu_tensors_from_malloc``."""
     return _library() is not None

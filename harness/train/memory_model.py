@@ -32,8 +32,12 @@ from torch import nn
 from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
-from harness.train.cpu_allocator import malloc_allocator_available
-from harness.train.meters import ALIGNED_REUSE_GLIBC, FAST_MMAP_THRESHOLD, glibc_version
+from harness.train.meters import (
+    ALIGNED_REUSE_GLIBC,
+    FAST_MMAP_THRESHOLD,
+    cpu_tensors_from_malloc,
+    glibc_version,
+)
 
 LORA_BYTES = 4  # peft keeps adapter weights in fp32 (get_peft_model's autocast_adapter_dtype)
 LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
@@ -365,7 +369,7 @@ def estimate_peak_memory(
     if device.type == "cpu":
         terms.update(cpu_terms(train, compute_bytes, batch_shapes))
     phases = step_phases(terms)
-    if device.type == "cpu" and cpu_heap == "fast" and not malloc_allocator_available():
+    if device.type == "cpu" and cpu_heap == "fast" and not cpu_tensors_from_malloc():
         peak = max(phases, key=phases.get)
         terms["heap_retained"] = round(
             heap_retained_per_transient_byte() * heap_transient(terms, peak, shape, batch, compute_bytes)
@@ -397,7 +401,7 @@ def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
     estimate holds."""
     if device.type != "cpu" or cpu_heap != "fast" or reuses_aligned_chunks() is not False:
         return None
-    if malloc_allocator_available():  # torch's tensors come from plain malloc, which glibc reuses exactly
+    if cpu_tensors_from_malloc():  # torch's tensors come from plain malloc, which glibc reuses exactly
         return None
     older = ".".join(map(str, glibc_version()))
     newer = ".".join(map(str, ALIGNED_REUSE_GLIBC))

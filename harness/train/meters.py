@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from harness.train.cpu_allocator import use_malloc_allocator
+from harness.train.cpu_allocator import malloc_allocator_available, use_malloc_allocator
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -87,6 +87,12 @@ def _set_heap_policy(lean: bool) -> bool:
     use_malloc_allocator()
     libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else FAST_MMAP_THRESHOLD)
     return trim_heap()
+
+
+def cpu_tensors_from_malloc() -> bool:
+    """Whether this process's jobs get their CPU tensors from the malloc allocator: on glibc, where
+    ``_set_heap_policy`` installs it, and where it builds (``harness.train.cpu_allocator``)."""
+    return _glibc() is not None and malloc_allocator_available()
 
 
 _POLICIES: list[bool] = []  # the policies of the stages running now, innermost last
