@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -35,10 +36,13 @@ def task_manager(include_path: tuple[str, ...], data_dir: str | None, defaults: 
 
 
 def _builtin_names_file() -> tuple[Path, str]:
-    """Where lm-eval's own task names are kept, and the stamp they were read under (lm-eval's version and
-    its task folder's modification time: an upgrade or an edited install reads them again)."""
-    stamp = f"{lm_eval.__version__} {os.stat(Path(lm_eval.tasks.__file__).parent).st_mtime_ns}"
-    return default_cache_dir() / f"lm_eval-{lm_eval.__version__}-task-names.json", stamp
+    """Where lm-eval's own task names are kept, one file per install (several checkouts' venvs share the
+    cache dir), and the stamp they were read under (lm-eval's version and its task folder's modification
+    time: an upgrade or an edited install reads them again)."""
+    folder = Path(lm_eval.tasks.__file__).parent
+    install = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:8]
+    stamp = f"{lm_eval.__version__} {os.stat(folder).st_mtime_ns}"
+    return default_cache_dir() / f"lm_eval-{lm_eval.__version__}-{install}-task-names.json", stamp
 
 
 @functools.cache
