@@ -173,6 +173,6 @@ def test_a_bf16_model_is_scored_as_trained_with_fp32_log_likelihoods() -> None:
     ids = torch.tensor([[lm.prefix_token_id, *tokens[:-1]]])
     with torch.no_grad(), lm._autocast():  # the path's own forward of a one-row chain
         hidden = lm._causal_lm().get_decoder()(input_ids=ids).last_hidden_state[0]
-    log_probs, _ = lm._scored_log_probs(hidden, torch.arange(len(tokens)), torch.tensor(tokens))
+    log_probs, _ = lm._scored_log_probs(hidden, torch.arange(len(tokens)), torch.tensor(tokens), greedy=False)
     expected = log_probs.double().sum().item()
     assert abs(value - expected) <= 1e-5 * abs(expected), (value, expected)

@@ -222,8 +222,15 @@ class PackedLM(HFLM):
         return window is None or len(row) <= window
 
     def _loglikelihood_tokens(
-        self, requests: list[Request], disable_tqdm: bool = False, override_bs: int | None = None
+        self,
+        requests: list[Request],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+        *,
+        greedy: bool = True,
     ) -> list[tuple[float, bool]]:
+        """HFLM's (log-likelihood, greedy) per request; ``greedy=False`` skips the argmax over the vocabulary
+        for callers that only sum log-likelihoods (rolling windows), and every flag is then False."""
         rows = [model_input(context, continuation, self.max_length) for _, context, continuation in requests]
         for _, context, continuation in requests:  # HFLM's checks
             assert context and continuation and len(continuation) <= self.max_length
@@ -242,7 +249,7 @@ class PackedLM(HFLM):
             total=len(packed), disable=disable_tqdm or self.rank != 0, desc="Packed loglikelihood"
         )
         for batch in length_batches(trees, self.batch_tokens):
-            for index, answer in self._score_batch(batch, continuations):
+            for index, answer in self._score_batch(batch, continuations, greedy):
                 answers[index] = answer
                 if requests[index][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
@@ -269,7 +276,7 @@ class PackedLM(HFLM):
         return self._causal_lm().get_decoder()(**inputs, use_cache=False).last_hidden_state
 
     def _score_batch(
-        self, trees: list[TokenTree], continuations: list[list[int]]
+        self, trees: list[TokenTree], continuations: list[list[int]], greedy: bool
     ) -> list[tuple[int, tuple[float, bool]]]:
         """(request index, (log-likelihood, greedy)) for every member of the batch's trees."""
         with torch.no_grad():
@@ -280,29 +287,32 @@ class PackedLM(HFLM):
             unique, item_row = torch.unique(positions, return_inverse=True)
             states = hidden.reshape(-1, hidden.shape[-1])[unique]
             targets = torch.tensor(scored.targets, device=self.device)
-            chosen, greedy = self._scored_log_probs(states, item_row, targets)
-        return [
-            (request, (float(chosen[a:b].sum()), bool((greedy[item_row[a:b]] == targets[a:b]).all())))
-            for request, a, b in scored.spans
-        ]
+            chosen, argmax = self._scored_log_probs(states, item_row, targets, greedy)
+
+        def is_greedy(a: int, b: int) -> bool:
+            return greedy and bool((argmax[item_row[a:b]] == targets[a:b]).all())
+
+        return [(request, (float(chosen[a:b].sum()), is_greedy(a, b))) for request, a, b in scored.spans]
 
     def _scored_log_probs(
-        self, states: torch.Tensor, item_row: torch.Tensor, targets: torch.Tensor
+        self, states: torch.Tensor, item_row: torch.Tensor, targets: torch.Tensor, greedy: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """lm_head and log_softmax (HFLM's dtype rules) over ``states``, ``HEAD_ROWS`` at a time: each item's
-        log-probability of its target, and each state's greedy (argmax) token."""
+        log-probability of its target, and (if ``greedy``) each state's greedy (argmax) token."""
         head = self._causal_lm().get_output_embeddings()
-        chosen, greedy = None, torch.empty(len(states), dtype=torch.long, device=states.device)
+        argmax = torch.empty(len(states) if greedy else 0, dtype=torch.long, device=states.device)
+        chosen = None
         for start in range(0, len(states), HEAD_ROWS):
             with self._autocast():
                 logits = head(states[start : start + HEAD_ROWS])
             log_probs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-            greedy[start : start + HEAD_ROWS] = log_probs.argmax(dim=-1)
+            if greedy:
+                argmax[start : start + HEAD_ROWS] = log_probs.argmax(dim=-1)
             if chosen is None:
                 chosen = torch.empty(len(item_row), dtype=log_probs.dtype, device=states.device)
             here = (item_row >= start) & (item_row < start + HEAD_ROWS)
             chosen[here] = log_probs[item_row[here] - start, targets[here]]
-        return chosen, greedy
+        return chosen, argmax
 
     def _autocast(self):
         """HFLM's autocast around the model call (off unless ``mixed_precision_dtype`` is set)."""
@@ -320,7 +330,7 @@ class PackedLM(HFLM):
             ):
                 windows.append((None, context, continuation))
                 owner.append(index)
-        answers = self._loglikelihood_tokens(windows, disable_tqdm)
+        answers = self._loglikelihood_tokens(windows, disable_tqdm, greedy=False)
         per_request: list[list[float]] = [[] for _ in requests]
         for (value, _), index in zip(answers, owner, strict=True):
             per_request[index].append(value)
