@@ -110,6 +110,25 @@ def test_log_samples_false_returns_metrics_only(tiny_data_dir: str) -> None:
     assert evaluation.samples is None and evaluation.metrics["arc_easy_local"]["n"] == len(ARC_ROWS)
 
 
+def test_evaluation_skips_lm_evals_environment_report(tiny_data_dir: str, monkeypatch) -> None:
+    """simple_evaluate's closing environment report (torch's collect_env: pip and friends in subprocesses)
+    is not run, since the harness drops it; lm-eval's own function is back in place afterwards."""
+    import lm_eval.evaluator
+    import torch.utils.collect_env
+
+    calls = []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or "")
+    original = lm_eval.evaluator.add_env_info
+    model, tokenizer = build_tiny_model()
+    cfg = EvalConfig(tasks=["arc_easy_local"], bootstrap_iters=0, log_samples=False)
+    metrics = evaluate_model(model, tokenizer, cfg, tiny_data_dir).metrics
+    assert metrics["arc_easy_local"]["n"] == len(ARC_ROWS)
+    assert calls == [] and lm_eval.evaluator.add_env_info is original
+    storage: dict = {}
+    original(storage)  # the spy sees lm-eval's own call
+    assert calls == [1] and "pretty_env_info" in storage
+
+
 @pytest.mark.parametrize("log_samples", [True, False])
 def test_job_writes_samples_beside_result_json(job_config, tmp_path: Path, log_samples: bool) -> None:
     """The smoke job (before and after training) stores both phases, and they rebuild result.json's acc;
