@@ -110,23 +110,29 @@ def test_log_samples_false_returns_metrics_only(tiny_data_dir: str) -> None:
     assert evaluation.samples is None and evaluation.metrics["arc_easy_local"]["n"] == len(ARC_ROWS)
 
 
-def test_evaluation_skips_lm_evals_environment_report(tiny_data_dir: str, monkeypatch) -> None:
-    """simple_evaluate's closing environment report (torch's collect_env: pip and friends in subprocesses)
-    is not run, since the harness drops it; lm-eval's own function is back in place afterwards."""
+def test_evaluation_skips_lm_evals_run_metadata(tiny_data_dir: str, monkeypatch) -> None:
+    """simple_evaluate's environment report (torch's collect_env: pip and friends in subprocesses) and its
+    ``git describe`` (noise outside a checkout) are not run, since the harness drops both; lm-eval's own
+    functions are back in place afterwards."""
+    import subprocess
+
     import lm_eval.evaluator
     import torch.utils.collect_env
 
-    calls = []
-    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: calls.append(1) or "")
-    original = lm_eval.evaluator.add_env_info
+    reports, commands = [], []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: reports.append(1) or "")
+    monkeypatch.setattr(subprocess, "check_output", lambda args, **kwargs: commands.append(args) or b"abc")
+    originals = lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash
     model, tokenizer = build_tiny_model()
     cfg = EvalConfig(tasks=["arc_easy_local"], bootstrap_iters=0, log_samples=False)
     metrics = evaluate_model(model, tokenizer, cfg, tiny_data_dir).metrics
     assert metrics["arc_easy_local"]["n"] == len(ARC_ROWS)
-    assert calls == [] and lm_eval.evaluator.add_env_info is original
+    assert reports == [] and commands == []
+    assert (lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash) == originals
     storage: dict = {}
-    original(storage)  # the spy sees lm-eval's own call
-    assert calls == [1] and "pretty_env_info" in storage
+    originals[0](storage)  # the spies see lm-eval's own calls
+    assert originals[1]() == "abc" and commands == [["git", "describe", "--always"]]
+    assert reports == [1] and "pretty_env_info" in storage
 
 
 @pytest.mark.parametrize("log_samples", [True, False])

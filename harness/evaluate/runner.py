@@ -83,17 +83,24 @@ def _hub_hint() -> Iterator[None]:
         ) from exc
 
 
+# What simple_evaluate adds to its results about the run, which the harness drops (it keeps metrics and
+# samples, and records its own environment and commit in ``harness.env``): torch's environment report
+# (``pip list`` and friends in subprocesses, ~0.4 s an evaluation on a 2-core CPU) and ``git describe`` of
+# the working directory (which prints "fatal: not a git repository" outside a checkout).
+_LM_EVAL_RUN_METADATA = {"add_env_info": lambda storage: None, "get_git_commit_hash": lambda: None}
+
+
 @contextlib.contextmanager
-def _without_lm_eval_env_report() -> Iterator[None]:
-    """``simple_evaluate`` ends by adding torch's environment report to its results (``pip list`` and
-    friends in subprocesses: ~0.4 s a call on a 2-core CPU, 5 % of a small evaluation); the harness keeps
-    only metrics and samples from those results and records its own environment (``harness.env``)."""
-    original = lm_eval.evaluator.add_env_info
-    lm_eval.evaluator.add_env_info = lambda storage: None
+def _without_lm_eval_run_metadata() -> Iterator[None]:
+    """simple_evaluate without :data:`_LM_EVAL_RUN_METADATA`'s work; lm-eval's functions are back after."""
+    originals = {name: getattr(lm_eval.evaluator, name) for name in _LM_EVAL_RUN_METADATA}
+    for name, skip in _LM_EVAL_RUN_METADATA.items():
+        setattr(lm_eval.evaluator, name, skip)
     try:
         yield
     finally:
-        lm_eval.evaluator.add_env_info = original
+        for name, original in originals.items():
+            setattr(lm_eval.evaluator, name, original)
 
 
 @dataclass
@@ -125,7 +132,7 @@ def evaluate_model(model: nn.Module, tokenizer: Any, cfg: EvalConfig, data_dir: 
         dense_weights(model, cfg.dense_weights_mib * MIB),
         adapters_as_trained(model),
         untrained_adapters_off(model),
-        _without_lm_eval_env_report(),
+        _without_lm_eval_run_metadata(),
     ):
         lm = LM_CLASSES[EvalBackend(cfg.backend)](
             pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, **precision_kwargs(model)
