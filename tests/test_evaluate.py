@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 
+import lm_eval.evaluator
 import pytest
 import torch
+import torch.utils.collect_env
 from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 
@@ -114,11 +117,6 @@ def test_evaluation_skips_lm_evals_run_metadata(tiny_data_dir: str, monkeypatch)
     """simple_evaluate's environment report (torch's collect_env: pip and friends in subprocesses) and its
     ``git describe`` (noise outside a checkout) are not run, since the harness drops both; lm-eval's own
     functions are back in place afterwards."""
-    import subprocess
-
-    import lm_eval.evaluator
-    import torch.utils.collect_env
-
     reports, commands = [], []
     monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: reports.append(1) or "")
     monkeypatch.setattr(subprocess, "check_output", lambda args, **kwargs: commands.append(args) or b"abc")
