@@ -20,9 +20,8 @@ from pathlib import Path
 
 from harness.paths import default_cache_dir
 
-# The compiler each language is built with: (environment variable, default).
-COMPILERS = {"c": ("CC", "cc"), "c++": ("CXX", "c++")}
-SUFFIXES = {"c": ".c", "c++": ".cpp"}
+# How each language is built: (the compiler's environment variable, its default, the source file's suffix).
+LANGUAGES = {"c": ("CC", "cc", ".c"), "c++": ("CXX", "c++", ".cpp")}
 
 
 def native_enabled() -> bool:
@@ -41,12 +40,12 @@ def compiled_library(
     with OpenMP, then without). ``libraries`` are linked after the source. Built once per source, compiler
     and flags into ``default_cache_dir()/NAME-KEY.so``, written atomically (concurrent jobs never load a
     half-written file); None when disabled, without a compiler, or where no flag set builds."""
-    variable, default = COMPILERS[language]
+    variable, default, suffix = LANGUAGES[language]
     compiler = shutil.which(os.environ.get(variable, default))
     if not native_enabled() or compiler is None:
         return None
     for flags in flag_sets:
-        library = _build(name, source, SUFFIXES[language], [compiler, *flags], libraries)
+        library = _build(name, source, suffix, [compiler, *flags], libraries)
         if library is not None:
             return library
     return None
