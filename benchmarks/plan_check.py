@@ -79,9 +79,7 @@ def compare(path: Path) -> dict | None:
     row["predicted"] = estimate["total"] - terms["cuda_context"] - terms["allocator_reserve"]
     row["predicted_reserved"] = row["predicted"] + terms["allocator_reserve"]
     row["measured_reserved"] = train.get("peak_memory_reserved_bytes")
-    flops = step_flops(
-        model.shape, plan_targets(model.shape, job), job.lora.r, batch, job.train.gradient_checkpointing
-    )
+    flops = step_flops(model.shape, plan_targets(model.shape, job), job.lora.r, batch, job.train)
     if device.peak_tflops and train.get("step_time_s_median"):
         row["efficiency"] = (
             flops * job.train.grad_accum / train["step_time_s_median"] / device.peak_tflops / 1e12

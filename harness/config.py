@@ -173,6 +173,11 @@ class TrainConfig:
     gradient_checkpointing: bool = _help(
         "recompute each layer in backward: less memory, ~30 % more time", True
     )
+    checkpoint_every: int = _help(
+        "with gradient_checkpointing, recompute only every k-th decoder layer (transformers' every_n_layers, "
+        "torchtune's selective checkpointing): the others keep their activations and are not run again",
+        1,
+    )
     group_by_length: bool = _help(
         "batch examples of similar length (the paper's setting): less padding", True
     )
@@ -191,6 +196,27 @@ class TrainConfig:
         _require(
             self.warmup_steps_excluded >= 0, "train.warmup_steps_excluded", self.warmup_steps_excluded, ">= 0"
         )
+        _require(
+            _is_int(self.checkpoint_every) and self.checkpoint_every >= 1,
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            "an integer >= 1 (1: every layer)",
+        )
+        _require(
+            self.gradient_checkpointing or self.checkpoint_every == 1,
+            "train.checkpoint_every",
+            self.checkpoint_every,
+            "1 while train.gradient_checkpointing=false (no layer is recomputed)",
+        )
+
+    def checkpoints_layer(self, index: int) -> bool:
+        """Whether decoder layer ``index`` (from 0) is recomputed in backward: layers 0, k, 2k, ... for
+        ``checkpoint_every`` k, as transformers' ``every_n_layers`` picks them."""
+        return self.gradient_checkpointing and index % self.checkpoint_every == 0
+
+    def checkpointed_layers(self, layers: int) -> int:
+        """How many of ``layers`` decoder layers are recomputed in backward."""
+        return sum(self.checkpoints_layer(i) for i in range(layers))
 
 
 # The held-out slice of the shipped Alpaca file (harness.data.heldout): data=alpaca never trains on its

@@ -129,6 +129,11 @@ def test_training_counts_the_distinct_micro_batch_shapes_it_ran():
         ("train.batch_size=0", "train.batch_size=0"),
         ("train.seq_len=4", "train.seq_len=4"),
         ("train.lr=0", "train.lr=0"),
+        ("train.checkpoint_every=0", "train.checkpoint_every=0"),
+        (
+            "train.checkpoint_every=2 train.gradient_checkpointing=false",
+            "train.checkpoint_every=2 is not allowed; allowed: 1 while train.gradient_checkpointing=false",
+        ),
         ("lora.dropout=1.0", "lora.dropout=1.0"),
         ("eval.limit=1.5", "eval.limit=1.5"),
         ("eval.limit=0", "eval.limit=0"),
@@ -142,7 +147,7 @@ def test_training_counts_the_distinct_micro_batch_shapes_it_ran():
 )
 def test_bad_input_fails_with_clear_message(job_config, tmp_path, override, message):
     """Bad input is a failed result naming the key and value, written before any training happens."""
-    result = run_job(job_config(*TINY_JOB, override), tmp_path)
+    result = run_job(job_config(*TINY_JOB, *override.split()), tmp_path)
     assert result.status == "failed"
     assert message in result.error.message
     assert result.train is None and read_result(tmp_path / "result.json")["status"] == "failed"

@@ -165,6 +165,21 @@ def test_checkpointing_keeps_only_layer_inputs():
     assert on["total"] < off["total"]
 
 
+def test_checkpointing_every_other_layer_keeps_half_the_layers_activations():
+    """With ``checkpoint_every=2`` half of SmolLM2's 30 layers keep their inputs only and half everything
+    autograd saves: the saved activations are the two full settings' mean; one layer is still recomputed."""
+    on = estimate(train=TrainConfig(gradient_checkpointing=True))["terms"]
+    off = estimate(train=TrainConfig(gradient_checkpointing=False))["terms"]
+    half = estimate(train=TrainConfig(gradient_checkpointing=True, checkpoint_every=2))["terms"]
+    assert SMOLLM2.layers == 30
+    final_norm = DEFAULT_BATCH.tokens * SMOLLM2.hidden * 4  # the final norm's fp32 input, kept either way
+    assert (
+        half["saved_activations"] - final_norm
+        == ((on["saved_activations"] - final_norm) + (off["saved_activations"] - final_norm)) / 2
+    )
+    assert half["layer_recompute"] == on["layer_recompute"] > 0
+
+
 def test_four_bit_weights_are_4127_sixteenths_of_bf16():
     nf4 = estimate(QuantConfig(storage="nf4", blocksize=64, double_quant=True))["terms"]["quantized_weights"]
     bf16 = estimate(QuantConfig(storage="bf16"))["terms"]["quantized_weights"]

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from harness.config import validate_config
+from harness.config import TrainConfig, validate_config
 from harness.plan.cli import main, plan_jobs
 from harness.plan.compose import compose_jobs
 from harness.plan.devices import GIB, DeviceError, device_spec
@@ -114,13 +114,19 @@ def test_a_cpu_plan_under_the_fast_heap_notes_a_glibc_that_strands_freed_chunks(
 
 def test_step_flops_count_three_forwards_with_checkpointing(tiny_dir):
     """Frozen layers: forward, recompute, input gradient (3 x 2 per weight per token); without
-    checkpointing 2 x 2. LoRA and attention cost one more forward's worth in backward."""
+    checkpointing 2 x 2. LoRA and attention cost one more forward's worth in backward. Checkpointing
+    every other layer of the tiny model's two recomputes one: half the recompute."""
     shape = planned_model(str(tiny_dir)).shape
+    assert shape.layers == 2
     batch = BatchShape(2, 32, 0)
     frozen = 2 * 2 * sum(i * o for i, o in BLOCK) * batch.tokens
-    assert step_flops(shape, [], 8, batch, True) - step_flops(shape, [], 8, batch, False) == pytest.approx(
-        frozen + 2 * 2 * (2 * 32 * 4 * 16) * batch.tokens
-    )
+
+    def flops(**train) -> float:
+        return step_flops(shape, [], 8, batch, TrainConfig(**train))
+
+    recompute = frozen + 2 * 2 * (2 * 32 * 4 * 16) * batch.tokens
+    assert flops() - flops(gradient_checkpointing=False) == pytest.approx(recompute)
+    assert flops(checkpoint_every=2) - flops(gradient_checkpointing=False) == pytest.approx(recompute / 2)
 
 
 def test_the_papers_65b_fits_48_gb_and_not_24(tmp_path):

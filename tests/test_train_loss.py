@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import harness.train.loop as loop
-from harness.config import DataConfig, LoraConfig
+from harness.config import DataConfig, LoraConfig, TrainConfig
 from harness.data.collate import collate
 from harness.data.instruct import load_records, tokenize_records
 from harness.model.lora import attach_lora, resolve_targets
@@ -73,10 +73,9 @@ def test_response_rows_loss_matches_full_logits_loss(monkeypatch, fp64_lora_mode
         torch.testing.assert_close(grad, expected[name], rtol=0, atol=1e-10 * scale, msg=name)
 
 
-def nf4_setup(checkpointing: bool, dtype: torch.dtype = torch.bfloat16):
+def nf4_setup(checkpointing: bool, dtype: torch.dtype = torch.bfloat16, checkpoint_every: int = 1):
     """The tiny Llama in ``dtype``, NF4 + DQ, LoRA (dropout 0.1, B nonzero) on every linear layer, ready
     to train; and a batch of 4 synthetic examples."""
-    from harness.config import TrainConfig
     from harness.train.loop import prepare_for_training
 
     torch.manual_seed(0)
@@ -90,7 +89,8 @@ def nf4_setup(checkpointing: bool, dtype: torch.dtype = torch.bfloat16):
             torch.nn.init.normal_(param, std=0.02)
     data = DataConfig(num_synthetic=8)
     batch = collate(tokenize_records(load_records(data), tokenizer, data, 256)[:4], tokenizer.pad_token_id)
-    return prepare_for_training(peft_model, TrainConfig(gradient_checkpointing=checkpointing)), batch
+    train = TrainConfig(gradient_checkpointing=checkpointing, checkpoint_every=checkpoint_every)
+    return prepare_for_training(peft_model, train), batch
 
 
 @pytest.mark.numerical
@@ -126,17 +126,19 @@ def test_bf16_step_runs_adapters_in_bf16_and_keeps_fp32_weights():
     assert torch.isfinite(loss) and abs(loss.item() - fp32_adapters.item()) < 0.1
 
 
-def test_checkpointing_recomputes_exactly_what_the_forward_computed():
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_checkpointing_recomputes_exactly_what_the_forward_computed(checkpoint_every):
     """Gradient checkpointing only trades memory for time: two training steps of an fp32 NF4 model with LoRA
-    dropout give bit-identical losses and adapter weights with it on or off. The recompute runs the same
-    kernels on the same inputs in the same order (one process, one thread count) and draws its dropout
-    masks from the generator state checkpointing restores (harness.model.dropout), so there is no rounding
-    to allow for; a mask drawn afresh, or a recompute that saw other inputs, fails at once."""
+    dropout give bit-identical losses and adapter weights with it on (every layer, or every other one) or
+    off. The recompute runs the same kernels on the same inputs in the same order (one process, one thread
+    count) and draws its dropout masks from the generator state checkpointing restores
+    (harness.model.dropout), so there is no rounding to allow for; a mask drawn afresh, or a recompute that
+    saw other inputs, fails at once."""
     from harness.train.loop import train_step
 
     results = []
     for checkpointing in (True, False):
-        setup, batch = nf4_setup(checkpointing, torch.float32)
+        setup, batch = nf4_setup(checkpointing, torch.float32, checkpoint_every if checkpointing else 1)
         torch.manual_seed(1)
         losses = [train_step(setup, [batch]) for _ in range(2)]
         weights = {n: p.detach().clone() for n, p in setup.model.named_parameters() if p.requires_grad}
@@ -147,3 +149,21 @@ def test_checkpointing_recomputes_exactly_what_the_forward_computed():
     assert on_weights.keys() == off_weights.keys() and on_weights
     for name, weight in on_weights.items():
         assert torch.equal(weight, off_weights[name]), name
+
+
+@pytest.mark.parametrize(("checkpoint_every", "runs"), [(1, [2, 2]), (2, [2, 1]), (3, [2, 1])])
+def test_checkpoint_every_recomputes_only_the_selected_layers(checkpoint_every, runs):
+    """``train.checkpoint_every=k`` recomputes decoder layers 0, k, 2k, ... in backward (transformers'
+    ``every_n_layers`` rule) and no other: in one training step of the tiny model's two layers a checkpointed
+    layer runs its forward twice, the others once; the memory model counts the same layers."""
+    from harness.train.loop import train_step
+
+    setup, batch = nf4_setup(True, torch.float32, checkpoint_every)
+    layers = setup.model.get_base_model().model.layers
+    calls = [0] * len(layers)
+    for index, layer in enumerate(layers):
+        layer.mlp.register_forward_pre_hook(lambda *_, i=index: calls.__setitem__(i, calls[i] + 1))
+    train_step(setup, [batch])
+    assert calls == runs
+    train = TrainConfig(checkpoint_every=checkpoint_every)
+    assert train.checkpointed_layers(len(layers)) == sum(n == 2 for n in runs)

@@ -22,7 +22,7 @@ from benchmarks.perf.measure import (  # noqa: E402
     training_flops_per_token,
 )
 from benchmarks.perf.render import report  # noqa: E402
-from benchmarks.perf.training_paths import RUNNERS, Settings, model_dir  # noqa: E402
+from benchmarks.perf.training_paths import RUNNERS, Settings, model_dir, path_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,14 +41,15 @@ def training_limit(s: Settings) -> dict:
     return {
         "rate": rate,
         "flops_per_token": forward,
-        "tokens_per_s": rate / training_flops_per_token(forward, True),
-        "tokens_per_s_no_ckpt": rate / training_flops_per_token(forward, False),
+        "layers": config.num_hidden_layers,
+        "tokens_per_s": rate / training_flops_per_token(forward, 1),
+        "tokens_per_s_no_ckpt": rate / training_flops_per_token(forward, 0),
     }
 
 
 def run_worker(path: str, s: Settings, out: Path) -> None:
     before = load_average()
-    result = RUNNERS[path](s)
+    result = RUNNERS[path](path_settings(path, s))
     out.write_text(json.dumps({**result, "path": path, "load_before": before, "load_after": load_average()}))
 
 

@@ -22,10 +22,11 @@ def linear_flops_per_token(shapes: list[tuple[int, int]], layers: int, head: tup
     return 2 * (layers * sum(i * o for i, o in shapes) + head[0] * head[1])
 
 
-def training_flops_per_token(forward: int, checkpointing: bool) -> int:
+def training_flops_per_token(forward: int, recomputed: float) -> float:
     """Frozen base, trainable LoRA: forward (1x) + input gradients through the frozen weights (1x, no weight
-    gradients), + the recomputed forward with checkpointing (1x). LoRA's own FLOPs (~r/hidden) left out."""
-    return forward * (3 if checkpointing else 2)
+    gradients), + the ``recomputed`` share of the forward that checkpointing runs again (1 with every layer
+    checkpointed, 0 without). LoRA's own FLOPs (~r/hidden) left out."""
+    return forward * (2 + recomputed)
 
 
 def matmul_rate(

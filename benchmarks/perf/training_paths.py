@@ -5,7 +5,8 @@
   HF ``Trainer`` with ``DataCollatorForSeq2Seq``; the thing compared against, kept apart from the harness,
   but with every setting (storage type, double quantization, LoRA, optimizer) read from the job's config;
 - harness: a qlora-bench job (``harness.job.run_job``) on :meth:`Settings.job_config`; harness_lean: the
-  same with ``cpu_heap=lean``;
+  same with ``cpu_heap=lean``; harness_every2: the same checkpointing every other layer
+  (``train.checkpoint_every=2``: half the recompute, for more saved activations);
 - bare: the job's own stages (``harness.recipe``: load, quantize, adapters) under ``prepare_for_training``
   / ``train_step`` alone (no meters, no logging).
 
@@ -48,6 +49,7 @@ class Settings:
     seed: int
     compute_dtype: str  # auto | bf16 | fp32: as quant.compute_dtype
     checkpointing: bool = True
+    checkpoint_every: int = 1  # as train.checkpoint_every
     cpu_heap: str = "fast"  # fast | lean: as the job's cpu_heap
 
     @property
@@ -69,6 +71,7 @@ class Settings:
                 batch_size=self.batch_size,
                 seq_len=self.seq_len,
                 gradient_checkpointing=self.checkpointing,
+                checkpoint_every=self.checkpoint_every,
             ),
             data=options["data"]["alpaca"],
             seed=self.seed,
@@ -122,11 +125,6 @@ def run_harness(s: Settings) -> dict:
     }
 
 
-def run_harness_lean(s: Settings) -> dict:
-    """The harness job with ``cpu_heap=lean``: the resident set follows live tensors, at a speed cost."""
-    return run_harness(replace(s, cpu_heap="lean"))
-
-
 def run_bare(s: Settings) -> dict:
     """The job's own stages (same load, quantization, LoRA and seeds as a job) under prepare_for_training /
     train_step and nothing else: bare vs harness isolates the job's own overhead."""
@@ -157,6 +155,15 @@ def run_standard(s: Settings) -> dict:
 RUNNERS = {
     "standard": run_standard,
     "harness": run_harness,
-    "harness_lean": run_harness_lean,
+    "harness_lean": run_harness,
+    "harness_every2": run_harness,
     "bare": run_bare,
 }
+# What a path changes in the benchmark's settings: cpu_heap=lean (the resident set follows live tensors, at
+# a speed cost); every other layer checkpointed (half the recompute, for more saved activations).
+PATH_SETTINGS = {"harness_lean": {"cpu_heap": "lean"}, "harness_every2": {"checkpoint_every": 2}}
+
+
+def path_settings(path: str, s: Settings) -> Settings:
+    """The settings ``path`` runs: the benchmark's, with the path's own changes."""
+    return replace(s, **PATH_SETTINGS.get(path, {}))

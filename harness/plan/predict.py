@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness.config import JobConfig
+from harness.config import JobConfig, TrainConfig
 from harness.device import choose_compute_dtype
 from harness.model.lora import resolve_targets
 from harness.model.replace import is_skipped
@@ -168,12 +168,13 @@ def _largest(fits, low: int, high: int) -> int:
 
 
 def step_flops(
-    shape: ModelShape, targets: list[str], rank: int, batch: BatchShape, checkpointing: bool
+    shape: ModelShape, targets: list[str], rank: int, batch: BatchShape, train: TrainConfig
 ) -> float:
     """Training FLOPs of one micro-batch. Forward: 2 per weight per token through the frozen linear layers
     and LoRA, the causal attention's QK and AV (2 x 2 x width/2 x heads x head_dim per token and layer)
     and the head on the logit rows. Backward: the frozen layers need input gradients only (one more
-    forward's worth), LoRA and attention two; checkpointing runs the forward once more."""
+    forward's worth), LoRA and attention two; checkpointing runs the forward once more, its checkpointed
+    share of the layers (``train.checkpoint_every``) with the head in proportion."""
     frozen = sum(i * o for _, i, o in shape.linears)
     lora = sum(rank * (i + o) for n, i, o in shape.linears if targeted(n, targets))
     attention = 2 * batch.width * shape.heads * shape.head_dim
@@ -181,7 +182,7 @@ def step_flops(
     head = 2 * shape.hidden * shape.vocab * batch.logit_rows
     forward = per_token * batch.tokens + head
     backward = 2 * shape.layers * batch.tokens * (frozen + 2 * lora + 2 * attention) + head
-    return forward * (2 if checkpointing else 1) + backward
+    return forward * (1 + train.checkpointed_layers(shape.layers) / shape.layers) + backward
 
 
 def cpu_tflops(dtype: torch.dtype, size: int = 1024) -> float:
@@ -230,7 +231,7 @@ def plan_job(
         max_batch_size=_largest(lambda r: peak(r, width) <= limit, 1, MAX_SEARCH),
         max_seq_len=_largest(lambda w: peak(rows, w) <= limit, 8, longest),
         step_flops=job.train.grad_accum
-        * step_flops(shape, plan_targets(shape, job), job.lora.r, batch, job.train.gradient_checkpointing),
+        * step_flops(shape, plan_targets(shape, job), job.lora.r, batch, job.train),
         tokens_per_step=job.train.grad_accum * batch.tokens,
     )
     plan.efficiency = _efficiency(job, device, efficiency)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from harness.config import TrainConfig
 from harness.data.collate import collate
@@ -151,6 +152,15 @@ class TrainingSetup:
     compute_dtype: torch.dtype
 
 
+def checkpoint_selected_layers(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Keep checkpointing on the decoder layers ``cfg.checkpoints_layer`` selects and turn it off on the
+    others, which then keep their activations and are not run again in backward (transformers does this
+    as ``every_n_layers`` from 5.16; the harness supports 5.0)."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for index, layer in enumerate(layers):
+        layer.gradient_checkpointing = cfg.checkpoints_layer(index)
+
+
 def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSetup:
     """Optimizer over the trainable (LoRA) parameters, checkpointing as configured, train mode; frees what
     loading and evaluation left behind, so the training peak starts from the live model (``trim_heap``)."""
@@ -161,6 +171,7 @@ def prepare_for_training(model: torch.nn.Module, cfg: TrainConfig) -> TrainingSe
         # transformers also hooks the embeddings' output to require grad, which only reentrant checkpointing
         # needs; left on, backward computes an unused input gradient through the first block
         model.disable_input_require_grads()
+        checkpoint_selected_layers(model, cfg)
     model.config.use_cache = False
     model.train()
     trim_heap()

@@ -9,8 +9,9 @@ tied or untied head). LoRA sits on the chosen linear layers, trained the way ``h
 it. Activations count what autograd really saves: the harness's DequantMatmul saves no input for the
 frozen weight, so a LoRA target costs its dropout mask and dropped input (saved by lora_A for its weight
 gradient) plus the rank-r activation, and the frozen path saves what the norms, SDPA (or eager attention's
-probabilities) and the MLP's activation need. With gradient checkpointing only each layer's input is kept,
-and one layer is recomputed at a time in backward.
+probabilities) and the MLP's activation need. With gradient checkpointing only each checkpointed layer's
+input is kept (every layer's, or every k-th with ``train.checkpoint_every``), and one layer is recomputed at
+a time in backward.
 
 The peak is the largest of three moments of a step (every one after the first, when the optimizer state
 exists): the end of the forward (all saved activations, the logits/cross-entropy buffers, autocast's
@@ -292,25 +293,24 @@ def activation_terms(
     shape: ModelShape,
     lora,
     targets: list[str],
-    checkpointing: bool,
+    checkpointed: int,
     batch: BatchShape,
     compute_bytes: int,
     mask_bytes: int,
     attention_bytes: int,
 ) -> dict[str, int]:
-    """Saved activations, the recomputed layer, its backward buffers and the loss buffers."""
+    """Saved activations (a checkpointed layer keeps its input, every other layer what autograd saves), the
+    recomputed layer, its backward buffers and the loss buffers; ``checkpointed`` layers of the model's."""
     n = batch.tokens
     layer = block_saved(shape, batch, compute_bytes, attention_bytes)
     layer += lora_saved(shape, lora, targets, n, compute_bytes, mask_bytes)
     final_norm = n * shape.hidden * 4
-    if checkpointing:
-        saved = shape.layers * n * shape.hidden * compute_bytes + final_norm
-    else:
-        saved = shape.layers * layer + final_norm
+    layer_inputs = checkpointed * n * shape.hidden * compute_bytes
+    saved = layer_inputs + (shape.layers - checkpointed) * layer + final_norm
     upcast = 0 if compute_bytes == LOSS_BYTES else compute_bytes  # bf16 logits and their gradient
     return {
         "saved_activations": saved,
-        "layer_recompute": layer if checkpointing else 0,
+        "layer_recompute": layer if checkpointed else 0,
         "layer_backward_buffers": n * shape.mlp_backward * compute_bytes,
         "loss_buffers": batch.logit_rows * shape.vocab * (LOSS_BUFFERS * LOSS_BYTES + upcast),
     }
@@ -359,7 +359,7 @@ def estimate_peak_memory(
             shape,
             lora,
             targets,
-            train.gradient_checkpointing,
+            train.checkpointed_layers(shape.layers),
             batch,
             compute_bytes,
             lora_dropout_mask_bytes(device, compute_dtype),
