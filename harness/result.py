@@ -36,6 +36,10 @@ RETIRED_KEYS: tuple[str, ...] = ("fault",)
 # What a named sweep's report tests (``report.hypotheses``), not what the job is: the same job in two sweeps.
 REPORT_KEYS: tuple[str, ...] = ("report",)
 NOT_IDENTITY_KEYS = (*MACHINE_LOCAL_KEYS, *RETIRED_KEYS, *REPORT_KEYS)
+# Config keys added after results were written, each with the value every job before it ran with: a result
+# read without the key gets that value (read_result), and at that value the key is no part of a job's
+# identity, so config_hash, resume and comparisons hold across the addition.
+ADDED_KEYS: dict[str, Any] = {"train.checkpoint_every": 1}
 
 # lm-eval's scores of one phase: {task: {metric: value, <metric>_stderr: value, "n": documents}}. A mapping,
 # not a dataclass: its keys are the task and metric names of the evaluated tasks, an open set.
@@ -260,16 +264,28 @@ def column(block: str, *path: str) -> str:
     return ".".join((block, *path))
 
 
+def _parent(config: dict[str, Any], dotted: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds the dotted key ``dotted`` in ``config`` (None when a level is missing), and
+    the key's last part."""
+    *parents, leaf = dotted.split(".")
+    node: Any = config
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
 def job_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The resolved config without :data:`NOT_IDENTITY_KEYS` (machine-local, retired and report keys): two
-    jobs are the same job when these match."""
+    """The resolved config without :data:`NOT_IDENTITY_KEYS` (machine-local, retired and report keys) and
+    without the :data:`ADDED_KEYS` at the value jobs had before them: two jobs are the same job when these
+    match."""
     identity = copy.deepcopy(config)
     for dotted in NOT_IDENTITY_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = identity
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _parent(identity, dotted)
+        if node is not None:
+            node.pop(leaf, None)
+    for dotted, before in ADDED_KEYS.items():
+        node, leaf = _parent(identity, dotted)
+        if node is not None and node.get(leaf, before) == before:
             node.pop(leaf, None)
     return identity
 
@@ -331,6 +347,10 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
         raise ResultError(
             f"{path}: schema_version {version!r} is not one this reader knows {KNOWN_SCHEMA_VERSIONS}"
         )
+    for dotted, before in ADDED_KEYS.items():
+        node, leaf = _parent(data.get("config") or {}, dotted)
+        if node is not None:
+            node.setdefault(leaf, before)
     return data
 
 

@@ -20,7 +20,15 @@ from harness.compare.inputs import canonical
 from harness.compare.render import _fmt
 from harness.report.load import load_results
 from harness.report.metrics import metric_frame
-from harness.result import JobResult, ResultError, column, config_hash, identity_columns
+from harness.result import (
+    ADDED_KEYS,
+    JobResult,
+    ResultError,
+    column,
+    config_hash,
+    identity_columns,
+    read_result,
+)
 from harness.stats import write_report_samples, write_samples
 
 STORAGES = {"nf4": 4.127, "fp4": 4.127, "int4": 4.252}  # storage type -> bits/param
@@ -666,6 +674,27 @@ def test_a_baseline_recorded_with_the_retired_fault_key_matches_jobs_without_it(
     assert "config.fault" not in identity_columns(committed.columns)
     assert "config.data.data_dir" not in identity_columns(committed.columns)
     assert "config.quant.storage" in identity_columns(committed.columns)
+
+
+def test_a_config_key_added_later_keeps_older_results_the_same_jobs(baseline, tmp_path):
+    """``train.checkpoint_every`` (an :data:`ADDED_KEYS` entry) came after results were written: at the value
+    older jobs ran with (1) it leaves config_hash as it was (resume finds finished jobs), result.json files
+    and results tables without it read as 1, and a baseline table without the column matches today's jobs
+    with nothing left out of the key; any other value is another job."""
+    config = make_result("nf4", 0, tmp_path)["config"]
+    added = {**config, "train": {**config["train"], "checkpoint_every": 1}}
+    other = {**config, "train": {**config["train"], "checkpoint_every": 2}}
+    assert config_hash(added) == config_hash(config) != config_hash(other)
+    assert ADDED_KEYS == {"train.checkpoint_every": 1}
+    assert read_result(baseline / "nf4-seed0" / "result.json")["config"]["train"]["checkpoint_every"] == 1
+    current = write_sweep(
+        tmp_path / "current",
+        {(s, seed): {"config.train.checkpoint_every": lambda _: 1} for s in STORAGES for seed in SEEDS},
+    )
+    old_table = tmp_path / "old.csv"
+    load_results([baseline]).table.drop(columns="config.train.checkpoint_every").to_csv(old_table)
+    comparison = compare_results([old_table], [current])
+    assert comparison.exit_code == 0 and comparison.ignored_key_columns == []
 
 
 def test_a_renamed_result_field_fails_loudly_in_reports_and_compare(baseline, monkeypatch):

@@ -25,7 +25,7 @@ import pandas as pd
 
 from harness.compare.errors import CompareInputError
 from harness.report.load import load_results
-from harness.result import identity_columns
+from harness.result import ADDED_KEYS, CONFIG_PREFIX, identity_columns
 from harness.stats.samples import SamplesError, load_samples
 
 TABLE_READERS: dict[str, Callable[[Path], pd.DataFrame]] = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
@@ -80,6 +80,9 @@ def _read_table(path: Path, side: str) -> pd.DataFrame:
         raise CompareInputError(f"{side} {path}: not a readable results table ({exc})") from exc
     if table.empty or "status" not in table or not any(c.startswith("config.") for c in table.columns):
         raise CompareInputError(f"{side} {path}: no jobs (a results table needs rows, 'status' and config.*)")
+    for dotted, before in ADDED_KEYS.items():  # a table written before the key existed: as read_result does
+        if CONFIG_PREFIX + dotted not in table:
+            table[CONFIG_PREFIX + dotted] = before
     return table
 
 
