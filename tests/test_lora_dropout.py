@@ -7,19 +7,58 @@ import torch
 from torch import nn
 
 from harness.config import LoraConfig
-from harness.model.dropout import LoraDropout, keep_mask, splitmix64
+from harness.model import dropout
+from harness.model.dropout import (
+    LANE_BITS,
+    LoraDropout,
+    compiled_scaled_mask,
+    scaled_keep_mask,
+    splitmix64,
+    torch_scaled_mask,
+)
 from harness.model.lora import attach_lora, resolve_targets
 from harness.model.replace import quantizable_layer_names, replace_linear_layers
 from harness.model.tiny import build_tiny_model
+
+CPU = torch.device("cpu")
+
+
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    return scaled_keep_mask(shape, p, torch.float32, CPU) != 0
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_keep_rate_and_scale_match_p(p):
     torch.manual_seed(0)
-    keep, scale = keep_mask(torch.Size([1000, 1000]), p, torch.device("cpu"))
-    assert keep.dtype == torch.bool
-    assert keep.float().mean().item() == pytest.approx(1 - p, abs=2e-3)
-    assert scale == pytest.approx(1 / (1 - p), rel=1e-4)
+    mask = scaled_keep_mask(torch.Size([1000, 1000]), p, torch.float32, CPU)
+    kept = mask[mask != 0]
+    assert kept.numel() / mask.numel() == pytest.approx(1 - p, abs=2e-3)
+    assert torch.all(kept == kept[0]) and kept[0].item() == pytest.approx(1 / (1 - p), rel=1e-4)
+
+
+@pytest.mark.skipif(dropout._library() is None, reason="no C compiler: the torch path is the only one")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(4, 37, 576), (3, 7), (1,), (2, 70001)])
+def test_the_compiled_mask_is_the_torch_ops_mask_bit_for_bit(dtype, shape):
+    """The one-pass C loop writes the torch ops' mask exactly: the same SplitMix64 words and lanes (also
+    for a length that ends inside a word, and seeds at both ends of int64) and the scale rounded to the
+    dtype as torch's mul_ rounds it. Sizes over the per-thread minimum run split across threads."""
+    for p, seed in [(0.1, 0), (0.05, -(2**63)), (0.5, 2**63 - 1), (0.1, 987654321)]:
+        threshold = round((1 - p) * 2**LANE_BITS)
+        scale = 2**LANE_BITS / threshold
+        expected = torch_scaled_mask(torch.Size(shape), seed, threshold, scale, dtype, CPU)
+        got = compiled_scaled_mask(torch.Size(shape), seed, threshold, scale, dtype)
+        assert got.dtype == dtype and got.shape == expected.shape
+        assert torch.equal(got.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8)), (p, seed)
+
+
+def test_without_a_compiler_the_torch_ops_draw_the_same_mask(monkeypatch):
+    """Where nothing compiles, the mask comes from the torch ops, drawn from the same seed."""
+    torch.manual_seed(5)
+    native = scaled_keep_mask(torch.Size([64, 96]), 0.1, torch.float32, CPU)
+    monkeypatch.setattr(dropout, "compiled_scaled_mask", lambda *args: None)
+    torch.manual_seed(5)
+    assert torch.equal(scaled_keep_mask(torch.Size([64, 96]), 0.1, torch.float32, CPU), native)
 
 
 def _splitmix64_reference(seed: int, count: int) -> list[int]:
@@ -43,7 +82,7 @@ def test_splitmix64_matches_the_published_generator(seed):
 
 def test_every_lane_keeps_at_the_same_rate_and_neighbours_are_uncorrelated():
     torch.manual_seed(0)
-    keep, _ = keep_mask(torch.Size([4000, 400]), 0.1, torch.device("cpu"))
+    keep = keep_mask(torch.Size([4000, 400]), 0.1)
     per_lane = keep.view(-1, 4).float().mean(0)  # the four 15-bit lanes of each 64-bit word
     assert torch.allclose(per_lane, torch.full((4,), 0.9), atol=3e-3)
     flat = keep.flatten().float() - 0.9
@@ -52,8 +91,8 @@ def test_every_lane_keeps_at_the_same_rate_and_neighbours_are_uncorrelated():
 
 def test_successive_calls_draw_different_masks():
     torch.manual_seed(0)
-    first, _ = keep_mask(torch.Size([64, 64]), 0.5, torch.device("cpu"))
-    second, _ = keep_mask(torch.Size([64, 64]), 0.5, torch.device("cpu"))
+    first = keep_mask(torch.Size([64, 64]), 0.5)
+    second = keep_mask(torch.Size([64, 64]), 0.5)
     assert (first != second).float().mean().item() == pytest.approx(0.5, abs=0.05)
 
 
