@@ -80,10 +80,9 @@ def _read_table(path: Path, side: str) -> pd.DataFrame:
         raise CompareInputError(f"{side} {path}: not a readable results table ({exc})") from exc
     if table.empty or "status" not in table or not any(c.startswith("config.") for c in table.columns):
         raise CompareInputError(f"{side} {path}: no jobs (a results table needs rows, 'status' and config.*)")
-    for dotted, before in ADDED_KEYS.items():  # a table written before the key existed: as read_result does
-        if CONFIG_PREFIX + dotted not in table:
-            table[CONFIG_PREFIX + dotted] = before
-    return table
+    # a table written before a key existed reads as read_result reads such a result.json
+    missing = {CONFIG_PREFIX + k: v for k, v in ADDED_KEYS.items() if CONFIG_PREFIX + k not in table}
+    return pd.concat([table, pd.DataFrame(missing, index=table.index)], axis=1) if missing else table
 
 
 def key_columns(baseline: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], list[str]]:
