@@ -1,7 +1,8 @@
 """Small native libraries: compiled on first use with the system compiler into the per-user cache, loaded
 with ctypes (the way bitsandbytes loads its library; no Python extension module, no build step at install).
 
-Two use it: the 4-bit decode (``harness.quant.native``, plain C) and the CPU tensor allocator
+Three use it: the 4-bit decode (``harness.quant.native``) and the LoRA dropout mask
+(``harness.model.dropout``), plain C loops on torch's OpenMP threads, and the CPU tensor allocator
 (``harness.train.cpu_allocator``, C++ against torch's own headers). Where no compiler is found or every
 build fails, :func:`compiled_library` returns None and the caller keeps its torch path, so nothing needs a
 compiler to work. ``QLORA_BENCH_NATIVE=0`` turns every compiled path off.
@@ -18,10 +19,24 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from harness.paths import default_cache_dir
 
 # How each language is built: (the compiler's environment variable, its default, the source file's suffix).
 LANGUAGES = {"c": ("CC", "cc", ".c"), "c++": ("CXX", "c++", ".cpp")}
+# A C loop split over OpenMP threads: -fopenmp links libgomp by its soname, so the loader hands the library
+# the runtime torch already loaded: one thread team, which torch.set_num_threads sizes. A pool of our own
+# threads had to share the cores with that team's threads while they spun after torch's last parallel op
+# (+4 ms per 4096x4096 decode after a double-quantized absmax). Without OpenMP (e.g. clang without libomp)
+# it builds serial.
+OPENMP_C_FLAG_SETS = (("-O3", "-shared", "-fPIC", "-fopenmp"), ("-O3", "-shared", "-fPIC"))
+
+
+def openmp_threads(work: int, min_work_per_thread: int) -> int:
+    """Threads for a compiled loop over ``work`` units: torch's count, fewer where a thread would get less
+    than ``min_work_per_thread`` (a hand-off then costs more than it saves), at least one."""
+    return max(1, min(torch.get_num_threads(), work // min_work_per_thread))
 
 
 def native_enabled() -> bool:

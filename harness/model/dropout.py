@@ -24,7 +24,7 @@ from functools import cache
 import torch
 from torch import nn
 
-from harness.native import compiled_library
+from harness.native import OPENMP_C_FLAG_SETS, compiled_library, openmp_threads
 
 LANE_BITS = 15
 LANES_PER_WORD = 4  # a 64-bit word viewed as four int16 lanes, 15 bits used in each (int16 is signed)
@@ -98,20 +98,33 @@ MASK(mask16, uint16_t)
 """
 _FUNCTIONS = {torch.float32: "mask32", torch.bfloat16: "mask16", torch.float16: "mask16"}
 _BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
-# As harness.quant.native: with OpenMP the library joins the thread team torch runs on, else it is serial.
-_FLAG_SETS = (("-O3", "-shared", "-fPIC", "-fopenmp"), ("-O3", "-shared", "-fPIC"))
-_MIN_WORDS_PER_THREAD = 1 << 14  # below this, one thread: a hand-off costs more than it saves
+_ARGTYPES = [
+    ctypes.c_void_p,
+    ctypes.c_int64,
+    ctypes.c_uint64,
+    ctypes.c_uint32,
+    ctypes.c_uint32,
+    ctypes.c_int64,
+]
+_MIN_WORDS_PER_THREAD = 1 << 14  # SplitMix64 words (harness.native.openmp_threads)
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     """The compiled mask; None without a compiler or where no build works (``harness.native``)."""
-    library = compiled_library("dropout_mask", _SOURCE, "c", _FLAG_SETS)
+    library = compiled_library("dropout_mask", _SOURCE, "c", OPENMP_C_FLAG_SETS)
     if library is not None:
         for name in set(_FUNCTIONS.values()):
-            getattr(library, name).argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint64]
-            getattr(library, name).argtypes += [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64]
+            getattr(library, name).argtypes = _ARGTYPES
     return library
+
+
+@cache
+def _kept_bits(dtype: torch.dtype, scale: float) -> int:
+    """The bits of ``scale`` rounded to ``dtype`` as torch's mul_ rounds it, which a kept element holds
+    (the same few (dtype, p) pairs come back at every LoRA target of every step)."""
+    kept = torch.ones(1, dtype=dtype).mul_(scale)
+    return int(kept.view(_BITS[dtype]).item()) % 2 ** (8 * kept.element_size())
 
 
 def compiled_scaled_mask(
@@ -122,13 +135,12 @@ def compiled_scaled_mask(
     function = _FUNCTIONS.get(dtype)
     if function is None or (library := _library()) is None:
         return None
-    kept = torch.ones(1, dtype=dtype).mul_(scale)  # the scale rounded to dtype as torch's mul_ rounds it
-    kept_bits = int(kept.view(_BITS[dtype]).item()) % 2 ** (8 * kept.element_size())
     numel = math.prod(shape)
     out = torch.empty(shape, dtype=dtype)
-    threads = max(1, min(torch.get_num_threads(), numel // (LANES_PER_WORD * _MIN_WORDS_PER_THREAD)))
+    threads = openmp_threads(-(-numel // LANES_PER_WORD), _MIN_WORDS_PER_THREAD)
+    kept = _kept_bits(dtype, scale)
     # ctypes releases the GIL for the call
-    getattr(library, function)(out.data_ptr(), numel, seed % 2**64, threshold, kept_bits, threads)
+    getattr(library, function)(out.data_ptr(), numel, seed % 2**64, threshold, kept, threads)
     return out
 
 

@@ -22,7 +22,7 @@ from functools import cache
 
 import torch
 
-from harness.native import compiled_library
+from harness.native import OPENMP_C_FLAG_SETS, compiled_library, openmp_threads
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -178,19 +178,14 @@ _FUNCTIONS = {
     torch.bfloat16: "decode_bf16_split",
     torch.float16: "decode_f16_split",
 }
-# -fopenmp links libgomp by its soname, so the loader hands the library the runtime torch already loaded:
-# one thread team, which torch.set_num_threads sizes. A pool of our own threads had to share the cores
-# with that team's threads while they spun after torch's last parallel op (+4 ms per 4096x4096 decode
-# after a double-quantized absmax). Without OpenMP (e.g. clang without libomp) it builds serial.
-_FLAG_SETS = (("-O3", "-shared", "-fPIC", "-fopenmp"), ("-O3", "-shared", "-fPIC"))
-_MIN_BYTES_PER_THREAD = 1 << 16  # below this, one thread: a hand-off costs more than it saves
+_MIN_BYTES_PER_THREAD = 1 << 16  # packed bytes (harness.native.openmp_threads)
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     """The compiled decode (with OpenMP where the compiler has it); None without a compiler or where no
     build works (``harness.native``)."""
-    library = compiled_library("decode", _SOURCE, "c", _FLAG_SETS)
+    library = compiled_library("decode", _SOURCE, "c", OPENMP_C_FLAG_SETS)
     if library is not None:
         for name in _FUNCTIONS.values():
             getattr(library, name).argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3
@@ -213,6 +208,6 @@ def decode_pairs(
     blocks, half = packed.shape
     out = torch.empty(blocks, 2 * half, dtype=dtype)
     pointers = (packed.data_ptr(), scale.data_ptr(), table.data_ptr(), out.data_ptr())
-    threads = max(1, min(torch.get_num_threads(), packed.numel() // _MIN_BYTES_PER_THREAD))
+    threads = openmp_threads(packed.numel(), _MIN_BYTES_PER_THREAD)
     getattr(library, function)(*pointers, blocks, half, threads)  # ctypes releases the GIL for the call
     return out
