@@ -88,7 +88,7 @@ def measured(cls):
     from harness.evaluate.packed import model_input
 
     class Measured(cls):
-        log = {"requested": 0, "real": 0, "padded": 0, "head_rows": 0, "values": []}
+        log = {"requested": 0, "real": 0, "padded": 0, "head_rows": 0, "attended": 0, "values": []}
         log |= {"requests_s": 0.0, "forward_s": 0.0, "head_s": 0.0}
 
         def _loglikelihood_tokens(self, requests, *args, **kwargs):
@@ -100,6 +100,7 @@ def measured(cls):
             self.log["requested"] += sum(len(row) for row in rows)
             if cls is HFLM:  # HFLM forwards each distinct row once (its one-token-continuation cache)
                 self.log["real"] += sum(len(row) for row in set(rows))
+                self.log["attended"] += sum(causal_pairs(len(row)) for row in set(rows))
             return answers
 
         def _model_call(self, inps: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # HFLM's forward
@@ -110,6 +111,7 @@ def measured(cls):
         def _hidden_states(self, trees):  # PackedLM's forward
             self.log["real"] += sum(len(tree.tokens) for tree in trees)
             self.log["padded"] += len(trees) * max(len(tree.tokens) for tree in trees)
+            self.log["attended"] += sum(tree_pairs(tree) for tree in trees)
             return self.timed("forward_s", super()._hidden_states, trees)
 
         def _scored_log_probs(self, states, *args, **kwargs):  # PackedLM's lm_head rows
@@ -123,6 +125,18 @@ def measured(cls):
             return out
 
     return Measured
+
+
+def causal_pairs(length: int) -> int:
+    """(query, key) pairs a causal row of ``length`` real tokens must score: each token sees itself and
+    every token before it."""
+    return length * (length + 1) // 2
+
+
+def tree_pairs(tree) -> int:
+    """(query, key) pairs a token tree must score: each node sees itself and its ancestors (``depth + 1``
+    nodes); the masked-off rest of its row is work done, not work needed."""
+    return sum(depth + 1 for depth in tree.depth)
 
 
 def quantized_model(dtype, device):
@@ -211,6 +225,8 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
         "batch_size": cfg.batch_size,
         "hidden": model.config.hidden_size,
         "vocab": model.config.vocab_size,
+        "attention_width": attention_width(model.config),
+        "layers": model.config.num_hidden_layers,
     }
     if profiled:
         result["top_ops"] = top_ops(profiler, wall_s)
@@ -265,6 +281,12 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def attention_width(config) -> int:
+    """Query heads x head size: the width of one (query, key) pair's products in every layer."""
+    heads = config.num_attention_heads
+    return heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
 def useful_flops(r: dict) -> float:
     """Linear-layer FLOPs of the tokens that had to be computed: every real (unpadded) token through the
     blocks, and through lm_head each real row (HFLM runs it at every position) or each scored row (packed)."""
@@ -273,8 +295,15 @@ def useful_flops(r: dict) -> float:
     return (r["forward_limit"]["flops_per_token"] - head) * r["real"] + head * head_rows
 
 
+def attention_flops(r: dict) -> float:
+    """The attention products that had to be computed: per layer, q·k and the probability-weighted sum of v
+    (2 FLOPs per multiply-add each) for every (query, key) pair a real token attends to."""
+    return 4 * r["attention_width"] * r["layers"] * r["attended"]
+
+
 def way_row(label: str, r: dict) -> str:
     flops, rate = useful_flops(r), r["forward_limit"]["rate"]
+    with_attention = flops + attention_flops(r)
     cells = [
         label,
         f"{r['wall_s']:.2f}",
@@ -286,6 +315,7 @@ def way_row(label: str, r: dict) -> str:
         f"{rate / 1e9:.0f}",
         f"{flops / r['wall_s'] / rate:.1%}",
         f"{flops / r['requests_s'] / rate:.1%}",
+        f"{with_attention / r['wall_s'] / rate:.1%}",
         mib(r["peak_rss_bytes"]),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -293,8 +323,9 @@ def way_row(label: str, r: dict) -> str:
 
 TABLE_HEAD = [
     "| way | eval s | tokens requested | computed: real / padded | lm_head rows | computed tokens/s "
-    "| requested tokens/s | limit GFLOP/s | of limit (eval wall) | of limit (in requests) | peak RSS |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| requested tokens/s | limit GFLOP/s | of limit (eval wall) | of limit (in requests) "
+    "| of limit, attention counted (eval wall) | peak RSS |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -373,7 +404,11 @@ def header(args: argparse.Namespace, first: dict, rates: list[float]) -> list[st
         "linear layer and the head; attention's own FLOPs and LoRA's left out). *Of limit* = the "
         "linear FLOPs that had to be computed (real tokens through the blocks; lm_head at every real "
         "position for HFLM, at the scored ones for packed) per second of evaluation wall time, or of "
-        "time inside the log-likelihood requests, over that run's limit.",
+        "time inside the log-likelihood requests, over that run's limit. *Attention counted* adds the "
+        "attention products that had to be computed (q·k and the weighted sum of v, 4 x heads x head size "
+        "FLOPs per layer for each (query, key) pair a real token attends to: HFLM's rows causal, packed "
+        "trees a node's ancestors; masked and padded pairs not counted) at the same rate: the share of "
+        "this machine's matmul rate spent on work the forward needs.",
         "- **Tokens**: *requested* = Σ over requests of the input HFLM builds (context + continuation, "
         "last token dropped); *computed real* = what the model ran (HFLM: distinct rows; packed: tree "
         "nodes), *padded* = the batches as shaped.",

@@ -1,0 +1,28 @@
+"""The FLOPs ``benchmarks.perf.eval_cost`` counts as needed: attention pairs of causal rows and token trees."""
+
+from types import SimpleNamespace
+
+from benchmarks.perf.eval_cost import attention_flops, attention_width, causal_pairs, tree_pairs
+from harness.evaluate.packed import token_trees
+
+
+def test_a_chain_attends_as_a_causal_row():
+    """A single input packed as a tree is a chain: its pairs are the causal row's, 1 + 2 + ... + n."""
+    (tree,) = token_trees([[5, 6, 7, 8]], width=256)
+    assert tree_pairs(tree) == causal_pairs(4) == 10
+
+
+def test_shared_context_is_attended_once():
+    """Two choices after one context [1, 2]: nodes at depths 0, 1, 2, 2 see 1, 2, 3, 3 nodes (9 pairs),
+    where two causal rows of 3 tokens would score 12."""
+    (tree,) = token_trees([[1, 2, 3], [1, 2, 4]], width=256)
+    assert sorted(tree.depth) == [0, 1, 2, 2]
+    assert tree_pairs(tree) == 9 < 2 * causal_pairs(3)
+
+
+def test_attention_flops_are_four_per_pair_per_width_per_layer():
+    """q·k and p·v: 2 + 2 FLOPs per pair for each of heads x head size, in every layer."""
+    config = SimpleNamespace(num_attention_heads=9, hidden_size=576, head_dim=64)
+    assert attention_width(config) == 576
+    assert attention_flops({"attention_width": 576, "layers": 30, "attended": 10}) == 4 * 576 * 30 * 10
+    assert attention_width(SimpleNamespace(num_attention_heads=8, hidden_size=512)) == 512
