@@ -69,13 +69,16 @@ def spawn(path: str, s: Settings) -> dict | None:
     return result
 
 
-def best_run(runs: list[dict]) -> dict:
-    """The fastest run (interference only ever slows a run down), with every run's tokens/s and peak."""
-    best = max(runs, key=lambda r: r["tokens_per_s"])
+def best_run(runs: list[dict | None]) -> dict:
+    """The fastest run (interference only ever slows a run down), with every run's tokens/s and peak, and
+    tokens/s per round (None where that round's run failed) for the ratios of runs made side by side."""
+    done = [r for r in runs if r]
+    best = max(done, key=lambda r: r["tokens_per_s"])
     return {
         **best,
-        "tokens_per_s_runs": [r["tokens_per_s"] for r in runs],
-        "peak_memory_bytes_runs": [r["peak_memory_bytes"] for r in runs],
+        "tokens_per_s_runs": [r["tokens_per_s"] for r in done],
+        "tokens_per_s_rounds": [r["tokens_per_s"] if r else None for r in runs],
+        "peak_memory_bytes_runs": [r["peak_memory_bytes"] for r in done],
     }
 
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):  # in turns, so that load which comes and goes hits every path alike
         for path, path_runs in runs.items():
             path_runs.append(spawn(path, s))
-    results = {path: best_run([r for r in rs if r]) for path, rs in runs.items() if any(rs)}
+    results = {path: best_run(rs) for path, rs in runs.items() if any(rs)}
     if not results:
         sys.exit("every run of every path failed (tracebacks above); no report written")
     text = report(s, results, limit, time.perf_counter() - start)

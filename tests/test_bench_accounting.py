@@ -1,8 +1,10 @@
-"""The FLOPs ``benchmarks.perf.eval_cost`` counts as needed: attention pairs of causal rows and token trees."""
+"""What the benchmarks count: the FLOPs ``benchmarks.perf.eval_cost`` calls needed (attention pairs of causal
+rows and token trees) and the speed ratios ``benchmarks.perf`` pairs by round."""
 
 from types import SimpleNamespace
 
 from benchmarks.perf.eval_cost import attention_flops, attention_width, causal_pairs, tree_pairs
+from benchmarks.perf.render import round_ratios
 from harness.evaluate.packed import token_trees
 
 
@@ -26,3 +28,11 @@ def test_attention_flops_are_four_per_pair_per_width_per_layer():
     assert attention_width(config) == 576
     assert attention_flops({"attention_width": 576, "layers": 30, "attended": 10}) == 4 * 576 * 30 * 10
     assert attention_width(SimpleNamespace(num_attention_heads=8, hidden_size=512)) == 512
+
+
+def test_speed_ratios_pair_the_runs_of_one_round():
+    """Round k's harness run over round k's standard run; a round where either failed is left out."""
+    harness = {"tokens_per_s_rounds": [150.0, 120.0, None]}
+    standard = {"tokens_per_s_rounds": [100.0, 100.0, 90.0]}
+    line = round_ratios("harness", harness, standard)
+    assert "1.50, 1.20;" in line and "median 1.35" in line and "in 1 of 2" in line
