@@ -427,10 +427,12 @@ def test_smollm2_shaped_job_peak_is_near_the_estimate(job_config, tmp_path, cpu_
     # the same job added 380 MiB in the project venv and 404 MiB in a fresh CI clone's (a 6 % swing); on
     # 2026-12-07 15:5x-16:0x UTC (AMD EPYC AVX2, the same estimate, 350 MiB) lean added 311-313 MiB alone
     # (+12 %) and 304 MiB once under make test (+15.0 %), fast 317-320 (+9 to +10 %): the estimate's
-    # layer_backward phase (its peak here) sits ~37 MiB above the measured peak, most likely the
-    # cpu_runtime constant (74 MiB, measured on a quickstart job, which touches more library code).
-    # Bound: the most measured, +15 %, plus 5 points for that environment swing.
-    assert abs(predicted / added - 1) <= 0.20, (predicted >> 20, added >> 20, estimate["terms"])
+    # layer_backward phase (its peak here) sat ~37 MiB above the measured peak. Since then fp32's cpu_runtime
+    # term is 45 MiB (harness.train.memory_model.CPU_RUNTIME_BYTES): on 2026-12-07 18:2x UTC (AMD EPYC AVX2,
+    # 321 MiB predicted) lean added 306-308 MiB (+4.1 %, +4.7 %), fast 313-314 (+2.0 %, +2.5 %); the make
+    # test reading above would be +5.6 %. Bound: the most measured, +5.6 %, plus 6 points for the
+    # environment swing.
+    assert abs(predicted / added - 1) <= 0.12, (predicted >> 20, added >> 20, estimate["terms"])
     # qlora-plan, from the saved config.json alone (meta device), predicts the same peak for this batch.
     job = validate_config(config_dict(cfg))
     model = planned_model(str(tmp_path / "model"))

@@ -46,10 +46,16 @@ LOSS_BYTES = 4  # logits are upcast to fp32 for the cross-entropy
 # one byte each plus an fp32 absmax per block of 256.
 OPTIMIZER_STATE_BYTES = {"adamw": 8.0, "paged_adamw_32bit": 8.0, "paged_adamw_8bit": 2 * (1 + 4 / 256)}
 MIB = 2**20
-# CPU, measured on a SmolLM2 quickstart job (reports/plan/README.md): what the resident set gains after the
-# baseline beyond live tensors. Runtime: library code and data pages first touched by training (RssFile grew
-# 73 MiB after the baseline), autograd and allocator state.
-CPU_RUNTIME_BYTES = 74 * MIB
+# CPU: what the resident set gains after the baseline beyond live tensors (library code and data pages first
+# touched by training, autograd and allocator state), by compute bytes per element. bf16, measured on a
+# SmolLM2 quickstart job (reports/plan/README.md): RssFile grew 73 MiB after the baseline (oneDNN's bf16
+# code). fp32 runs MKL's sgemm, whose pages quantization and loading have touched already: RssFile grew 15-22
+# MiB after the baseline in SmolLM2 jobs on an AVX2 EPYC (2026-12-07). 45 MiB balances the relative error
+# above the baseline of the fp32 SmolLM2 jobs measured that day (bench-perf's harness and harness_every2
+# paths; quickstart NF4 jobs of 4 and 10 steps, with and without evaluation, in process and forked by a
+# sweep; the memory test's job under both heaps): -4.0 to +5.6 % from those measurements, where 74 MiB gave
+# -2.6 to +15.1 % (docs/performance.md).
+CPU_RUNTIME_BYTES = {4: 45 * MIB, 2: 74 * MIB}
 # bf16/fp16 on CPU: the resident set grows with every new micro-batch shape (170 MiB over 8 new widths in 10
 # steps), ~60 % of it oneDNN's primitive cache of compiled matmul kernels (ONEDNN_PRIMITIVE_CACHE_CAPACITY);
 # fp32 runs MKL's sgemm and has no such term. Counted per distinct micro-batch shape a job trained; a plan,
@@ -422,7 +428,7 @@ def cpu_terms(train, compute_bytes: int, batch_shapes: int | None = None) -> dic
     for each distinct micro-batch shape (``batch_shapes``; unknown before a run: every micro-batch)."""
     shapes = train.steps * train.grad_accum if batch_shapes is None else batch_shapes
     return {
-        "cpu_runtime": CPU_RUNTIME_BYTES,
+        "cpu_runtime": CPU_RUNTIME_BYTES[4 if compute_bytes >= 4 else 2],
         "kernel_cache": KERNEL_CACHE_BYTES_PER_SHAPE * shapes if compute_bytes < LORA_BYTES else 0,
     }
 
