@@ -1,11 +1,30 @@
 """What the benchmarks count: the FLOPs ``benchmarks.perf.eval_cost`` calls needed (attention pairs of causal
 rows and token trees) and the speed ratios ``benchmarks.perf`` pairs by round."""
 
+import importlib
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.perf.eval_cost import attention_flops, attention_width, causal_pairs, tree_pairs
-from benchmarks.perf.render import round_ratios
 from harness.evaluate.packed import token_trees
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _from_checkout(module: str):
+    """A module of benchmarks/, which is no part of the installed package: imported from the checkout
+    (harness, imported above, stays the one pytest runs)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+eval_cost = _from_checkout("benchmarks.perf.eval_cost")
+attention_flops, attention_width = eval_cost.attention_flops, eval_cost.attention_width
+causal_pairs, tree_pairs = eval_cost.causal_pairs, eval_cost.tree_pairs
+round_ratios = _from_checkout("benchmarks.perf.render").round_ratios
 
 
 def test_a_chain_attends_as_a_causal_row():
