@@ -1,5 +1,5 @@
 """What the benchmarks count: the FLOPs ``benchmarks.perf.eval_cost`` calls needed (attention pairs of causal
-rows and token trees) and the speed ratios ``benchmarks.perf`` pairs by round."""
+rows and token trees) and the speed ratios ``benchmarks.perf`` and ``eval_cost`` pair by round."""
 
 import importlib
 import sys
@@ -24,6 +24,7 @@ def _from_checkout(module: str):
 eval_cost = _from_checkout("benchmarks.perf.eval_cost")
 attention_flops, attention_width = eval_cost.attention_flops, eval_cost.attention_width
 causal_pairs, tree_pairs = eval_cost.causal_pairs, eval_cost.tree_pairs
+round_speedups = eval_cost.round_speedups
 round_ratios = _from_checkout("benchmarks.perf.render").round_ratios
 
 
@@ -55,3 +56,11 @@ def test_speed_ratios_pair_the_runs_of_one_round():
     standard = {"tokens_per_s_rounds": [100.0, 100.0, 90.0]}
     line = round_ratios("harness", harness, standard)
     assert "1.50, 1.20;" in line and "median 1.35" in line and "in 1 of 2" in line
+
+
+def test_evaluation_speedups_pair_the_runs_of_one_round():
+    """Round k's HFLM wall time over round k's packed one, and how many rounds halve it."""
+    before = [{"wall_s": 30.0}, {"wall_s": 14.0}, {"wall_s": 18.0}]
+    after = [{"wall_s": 10.0}, {"wall_s": 8.0}, {"wall_s": 8.0}]
+    line = round_speedups(before, after)
+    assert "3.00x, 1.75x, 2.25x;" in line and "median 2.25x" in line and "in 2 of 3" in line
