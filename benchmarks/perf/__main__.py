@@ -70,13 +70,12 @@ def spawn(path: str, s: Settings) -> dict | None:
 
 
 def best_run(runs: list[dict | None]) -> dict:
-    """The fastest run (interference only ever slows a run down), with every run's tokens/s and peak, and
-    tokens/s per round (None where that round's run failed) for the ratios of runs made side by side."""
+    """The fastest run (interference only ever slows a run down), with every run's peak and its tokens/s per
+    round (None where that round's run failed), for the ratios of runs made side by side."""
     done = [r for r in runs if r]
     best = max(done, key=lambda r: r["tokens_per_s"])
     return {
         **best,
-        "tokens_per_s_runs": [r["tokens_per_s"] for r in done],
         "tokens_per_s_rounds": [r["tokens_per_s"] if r else None for r in runs],
         "peak_memory_bytes_runs": [r["peak_memory_bytes"] for r in done],
     }

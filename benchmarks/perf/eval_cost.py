@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from torch import device as torch_device  # noqa: E402
 
 from benchmarks.perf.__main__ import training_limit  # noqa: E402
+from benchmarks.perf.render import per_round_summary  # noqa: E402
 from benchmarks.perf.training_paths import MODEL, Settings  # noqa: E402
 from benchmarks.perf.training_paths import quantized_model as job_model  # noqa: E402
 from harness.device import cpu_has_native_bf16, device_name  # noqa: E402
@@ -100,8 +100,9 @@ def measured(cls):
             rows = [tuple(model_input(c, k, self.max_length)) for _, c, k in requests]
             self.log["requested"] += sum(len(row) for row in rows)
             if cls is HFLM:  # HFLM forwards each distinct row once (its one-token-continuation cache)
-                self.log["real"] += sum(len(row) for row in set(rows))
-                self.log["attended"] += sum(causal_pairs(len(row)) for row in set(rows))
+                distinct = set(rows)
+                self.log["real"] += sum(len(row) for row in distinct)
+                self.log["attended"] += sum(causal_pairs(len(row)) for row in distinct)
             return answers
 
         def _model_call(self, inps: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # HFLM's forward
@@ -369,11 +370,7 @@ def round_speedups(before: list[dict], after: list[dict]) -> str:
     """before / after wall time in each round (the ways of a round run back to back, so they meet the same
     machine state; the best-of ratio pairs runs from different rounds), and in how many it is halved."""
     ratios = [b["wall_s"] / a["wall_s"] for b, a in zip(before, after, strict=True)]
-    met = sum(ratio >= SPEEDUP_GOAL for ratio in ratios)
-    return (
-        f"- **Per round** (the ways in turns): {', '.join(f'{ratio:.2f}x' for ratio in ratios)}; median "
-        f"{statistics.median(ratios):.2f}x; ≥ {SPEEDUP_GOAL:g}x in {met} of {len(ratios)}."
-    )
+    return f"- **Per round** (the ways in turns): {per_round_summary(ratios, SPEEDUP_GOAL, 'x')}."
 
 
 MERGE_NOTE = {
