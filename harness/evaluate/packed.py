@@ -45,7 +45,10 @@ MASK_KINDS = {"sdpa": "bool", CPU_FP32_SDPA: "bool", "eager": "additive"}
 # Padded tokens per forward. On a 2-core CPU a forward of ~2k tokens runs the linear layers near their rate
 # while activations stay small (SmolLM2-135M: ~5 MiB per hidden-state tensor in bf16).
 BATCH_TOKENS = 2048
-# Scored positions per lm_head + log_softmax chunk: 256 x 49,152 fp32 log-probabilities are 48 MiB.
+# Scored positions per lm_head + log_softmax chunk: 256 x 49,152 fp32 log-probabilities are 48 MiB, above
+# glibc's mmap threshold, so each chunk maps and faults in fresh pages (~0.6 million faults, ~2 s of kernel
+# time in a quickstart evaluation). 128 rows would stay in the heap, but moved the trained bf16-stored
+# quickstart job's perplexity in its ninth digit (the three 4-bit jobs came out identical), so results change.
 HEAD_ROWS = 256
 # Nodes per row: inputs are packed into rows of up to this many tokens (an input longer than that gets a row
 # of its own), so a row holds many short inputs with little padding; each query attends over its row under

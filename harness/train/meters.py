@@ -23,7 +23,7 @@ from harness.train.cpu_allocator import malloc_allocator_available, use_malloc_a
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 # lean: allocations of 128 KiB or more get their own mapping, unmapped on free, so the resident set follows
 # the live tensors (glibc's default starts there but raises itself to the largest freed mapping; after a
 # model's weights are freed, activations then come from a heap whose freed chunks stay resident). Every
@@ -33,6 +33,14 @@ LEAN_MMAP_THRESHOLD = 128 * 1024
 # fast: glibc's own ceiling for its dynamic threshold, fixed: freed activations are reused from the heap,
 # which keeps freed chunks resident.
 FAST_MMAP_THRESHOLD = 32 * 2**20
+# Free bytes at the top of the heap above which free() gives them back to the OS. Once the mmap threshold is
+# fixed, glibc's dynamic thresholds are off and this one stays at its default, 128 KiB: under the fast heap
+# each free that left more than that at the top shrank the heap, and the next tensor faulted the same pages
+# in again (3.4 million page faults and ~10 s of kernel time in one quickstart evaluation in fp32; 0.6 million
+# and ~2 s after, all from lm_head chunks above the mmap threshold). Lean keeps the default; fast never trims
+# on free (the largest value mallopt takes), so freed chunks stay resident.
+LEAN_TRIM_THRESHOLD = 128 * 1024
+FAST_TRIM_THRESHOLD = 2**31 - 1
 
 
 # glibc 2.38 first serves an aligned request (torch's CPU tensors are posix_memalign(64)) from a freed
@@ -77,8 +85,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def _set_heap_policy(lean: bool) -> bool:
-    """Fix glibc's mmap threshold (``LEAN_MMAP_THRESHOLD`` or ``FAST_MMAP_THRESHOLD``) and trim the heap
-    (``malloc_trim`` returns its free pages); False where the C library is not glibc. Cheap, idempotent.
+    """Fix glibc's mmap and trim thresholds (``LEAN_*`` or ``FAST_*``) and trim the heap (``malloc_trim``
+    returns its free pages); False where the C library is not glibc. Cheap, idempotent.
     The first call also makes torch's CPU tensors come from plain malloc, which glibc reuses exactly
     (``harness.train.cpu_allocator``)."""
     libc = _glibc()
@@ -86,6 +94,7 @@ def _set_heap_policy(lean: bool) -> bool:
         return False
     use_malloc_allocator()
     libc.mallopt(_M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD if lean else FAST_MMAP_THRESHOLD)
+    libc.mallopt(_M_TRIM_THRESHOLD, LEAN_TRIM_THRESHOLD if lean else FAST_TRIM_THRESHOLD)
     return trim_heap()
 
 
