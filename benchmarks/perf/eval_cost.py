@@ -14,11 +14,11 @@ side by side in one run:
 - after: the same with the harness's default forward, where an fp32 model runs each adapted layer as one
   matmul over W + s·B·A (``harness.model.lora.merged_weight``; bf16 keeps the separate matmuls).
 
-Each run is a fresh process. The LM class of each way is subclassed to count what it computes (tokens as
-requested, as computed, as padded; scored rows through lm_head), time its log-likelihood calls and keep every
-log-likelihood and per-document sample, which must agree between the ways (1e-4 relative; accuracies
-identical). A last, profiled run of the default way per group says where the time goes. Writes
-``reports/perf/eval_cost.md``.
+Each run is a fresh process and evaluates under a job's default heap policy (``cpu_heap=fast``). The LM
+class of each way is subclassed to count what it computes (tokens as requested, as computed, as padded;
+scored rows through lm_head), time its log-likelihood calls and keep every log-likelihood and per-document
+sample, which must agree between the ways (1e-4 relative; accuracies identical). A last, profiled run of
+the default way per group says where the time goes. Writes ``reports/perf/eval_cost.md``.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     from harness.config import EvalBackend
     from harness.device import choose_compute_dtype, pick_device
     from harness.model.lora import separate_adapters
-    from harness.train.meters import peak_memory, reset_peak_memory
+    from harness.train.meters import heap_policy, peak_memory, reset_peak_memory
 
     device = pick_device("auto")
     dtype = choose_compute_dtype(compute_dtype, device)[0]
@@ -205,7 +205,7 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     profiler = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
     adapters = separate_adapters(model) if WAYS[way].separate_adapters else contextlib.nullcontext()
     start = time.perf_counter()
-    with profiler, adapters:
+    with heap_policy(lean=False), profiler, adapters:  # as a job evaluates: under cpu_heap=fast, its default
         evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
     wall_s = time.perf_counter() - start
     # this machine's speed drifts within minutes: each run is set against the limit measured right after it
@@ -408,8 +408,8 @@ def header(args: argparse.Namespace, first: dict, rates: list[float]) -> list[st
         f"kept, the paper's LoRA (r 64, all linear layers, B ~ N(0, {ADAPTER_STD}²) standing in for a "
         f"trained adapter); compute dtype {first['dtype']}.",
         f"- **Evaluation**: `harness.evaluate.evaluate_model`; HFLM batch size {first['batch_size']}, "
-        f"packed {BATCH_TOKENS_NOTE}. {args.repeats} runs per way in turns, each in a fresh process; the "
-        "fastest is shown.",
+        f"packed {BATCH_TOKENS_NOTE}. {args.repeats} runs per way in turns, each in a fresh process under a "
+        "job's default heap policy (`cpu_heap=fast`); the fastest is shown.",
         f"- **Forward limit**: `F.linear` in {first['dtype']} over the model's block shapes at {LIMIT_ROWS} "
         "rows (`benchmarks.perf` `training_limit`), measured by each run right after its evaluation, since "
         f"this machine's speed drifts within minutes: {min(rates) / 1e9:.0f}–{max(rates) / 1e9:.0f} GFLOP/s "
