@@ -200,14 +200,17 @@ def run_worker(spec: str, way: str, profiled: bool, compute_dtype: str, out: Pat
     cfg = eval_config(*parse_group(spec), way)
     backend = EvalBackend(cfg.backend)
     lm_class = runner.LM_CLASSES[backend] = measured(runner.LM_CLASSES[backend])
-    reset_peak_memory(device)
-    rss_start = peak_memory(device)["peak_memory_bytes"]
     profiler = profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext()
     adapters = separate_adapters(model) if WAYS[way].separate_adapters else contextlib.nullcontext()
-    start = time.perf_counter()
-    with heap_policy(lean=False), profiler, adapters:  # as a job evaluates: under cpu_heap=fast, its default
-        evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
-    wall_s = time.perf_counter() - start
+    # As a job evaluates: under cpu_heap=fast, its default, set before the peak and the clock start (its
+    # first use loads the malloc allocator and trims the heap, which a job does before its stages).
+    with heap_policy(lean=False):
+        reset_peak_memory(device)
+        rss_start = peak_memory(device)["peak_memory_bytes"]
+        start = time.perf_counter()
+        with profiler, adapters:
+            evaluation = runner.evaluate_model(model, tokenizer, cfg, None)
+        wall_s = time.perf_counter() - start
     # this machine's speed drifts within minutes: each run is set against the limit measured right after it
     limit = training_limit(replace(LIMIT_SETTINGS, compute_dtype=compute_dtype))
     result = {
