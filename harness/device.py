@@ -57,6 +57,13 @@ def cpu_has_native_bf16() -> bool:
     )
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX for bf16 (Intel Xeon since Sapphire Rapids): oneDNN's bf16 kernels there
+    are tile kernels of their own, with a larger cache per shape (``harness.train.memory_model``)."""
+    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(flags.get("amx_bf16"))
+
+
 def choose_compute_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
     """The compute dtype and why: ``auto`` is bf16 (the paper's) on CUDA and on CPUs with native bf16,
     fp32 on other CPUs; an explicit name is taken as given."""

@@ -21,6 +21,7 @@ from harness.plan.source import meta_shape, planned_model
 from harness.result import JobResult
 from harness.train import memory_model, meters
 from harness.train.memory_model import (
+    FAST_HEAP_BYTES_PER_SHAPE,
     HEAP_RETAINED,
     HEAP_RETAINED_BEFORE_ALIGNED_REUSE,
     KERNEL_CACHE_BYTES_PER_SHAPE,
@@ -31,6 +32,7 @@ from harness.train.memory_model import (
     block_linears,
     estimate_peak_memory,
     heap_caveat,
+    kernel_cache_bytes_per_shape,
     lora_params,
 )
 
@@ -226,11 +228,24 @@ def test_bf16_halves_the_frozen_path_but_not_the_loss_buffers():
     assert bf16["loss_buffers"] > fp32["loss_buffers"]  # the bf16 logits come on top of the fp32 ones
 
 
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "avx512"])
+def test_each_new_shape_costs_the_cpus_kernels_and_under_the_fast_heap_its_chunks(amx):
+    """A new micro-batch shape adds oneDNN's kernels for it (larger as AMX tile kernels than as AVX-512 BF16
+    ones) and, under the fast heap only, the chunks its tensors did not fit into; the lean heap unmaps
+    those on free."""
+    kernels = KERNEL_CACHE_BYTES_PER_SHAPE["amx" if amx else "avx512"]
+    assert kernel_cache_bytes_per_shape("lean", amx) == kernels
+    assert kernel_cache_bytes_per_shape("fast", amx) == kernels + FAST_HEAP_BYTES_PER_SHAPE
+    assert KERNEL_CACHE_BYTES_PER_SHAPE["amx"] > KERNEL_CACHE_BYTES_PER_SHAPE["avx512"]
+
+
 def test_cpu_kernel_cache_grows_per_micro_batch_shape_below_fp32_only():
     """oneDNN caches kernels per input shape for bf16 matmuls: per distinct shape a job trained, or before
-    a run (a plan) one per micro-batch, the most there can be."""
+    a run (a plan) one per micro-batch, the most there can be; the estimate's heap policy (lean, the
+    default here) is the one each shape is counted under."""
+    per_shape = kernel_cache_bytes_per_shape("lean", memory_model.cpu_has_amx())
     bf16 = estimate(dtype=torch.bfloat16, train=TrainConfig(steps=10, grad_accum=2))["terms"]
-    assert bf16["kernel_cache"] == 20 * KERNEL_CACHE_BYTES_PER_SHAPE
+    assert bf16["kernel_cache"] == 20 * per_shape
     trained = estimate_peak_memory(
         SMOLLM2,
         QuantConfig(),
@@ -242,7 +257,7 @@ def test_cpu_kernel_cache_grows_per_micro_batch_shape_below_fp32_only():
         device=CPU,
         batch_shapes=7,
     )
-    assert trained["terms"]["kernel_cache"] == 7 * KERNEL_CACHE_BYTES_PER_SHAPE
+    assert trained["terms"]["kernel_cache"] == 7 * per_shape
     assert estimate(train=TrainConfig(steps=10))["terms"]["kernel_cache"] == 0  # fp32: MKL, no cache
     cuda = estimate(dtype=torch.bfloat16, device=torch.device("cuda"))["terms"]
     assert "kernel_cache" not in cuda and "cpu_runtime" not in cuda

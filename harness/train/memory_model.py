@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.device import cpu_has_amx
 from harness.model.dropout import lora_dropout_mask_bytes
 from harness.model.lora import layer_role
 from harness.model.replace import is_skipped
@@ -56,11 +57,18 @@ MIB = 2**20
 # sweep; the memory test's job under both heaps): -4.0 to +5.6 % from those measurements, where 74 MiB gave
 # -2.6 to +15.1 % (docs/performance.md).
 CPU_RUNTIME_BYTES = {4: 45 * MIB, 2: 74 * MIB}
-# bf16/fp16 on CPU: the resident set grows with every new micro-batch shape (170 MiB over 8 new widths in 10
-# steps), ~60 % of it oneDNN's primitive cache of compiled matmul kernels (ONEDNN_PRIMITIVE_CACHE_CAPACITY);
-# fp32 runs MKL's sgemm and has no such term. Counted per distinct micro-batch shape a job trained; a plan,
-# before any batch exists, counts every micro-batch as new (an upper bound).
-KERNEL_CACHE_BYTES_PER_SHAPE = 21 * MIB
+# bf16/fp16 on CPU: the resident set grows with every new micro-batch shape; fp32 runs MKL's sgemm and has no
+# such term. Two parts, measured by training SmolLM2 NF4 (r 16, batch 4, checkpointing) at new widths
+# falling from 256, then again with oneDNN's primitive cache off (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0):
+# - oneDNN's compiled matmul kernels, whose size depends on the instructions they are compiled for: with AMX
+#   tiles ~13 MiB per shape (an Intel Xeon: 170 MiB over 8 new widths, ~60 % of it the cache), with AVX-512
+#   BF16 alone 6 MiB (an AMD EPYC: 89 MiB over 7 new widths with the cache, 47 without; 2026-12-08);
+# - under cpu_heap=fast, heap the next shape's tensors did not fit into (6.7 MiB per shape on the EPYC, ~8.5
+#   on the Xeon); the lean heap unmaps those tensors on free.
+# Counted per distinct micro-batch shape a job trained; a plan, before any batch exists, counts every
+# micro-batch as new (an upper bound).
+KERNEL_CACHE_BYTES_PER_SHAPE = {"amx": 13 * MIB, "avx512": 6 * MIB}
+FAST_HEAP_BYTES_PER_SHAPE = 7 * MIB
 # cpu_heap=fast where torch's own allocator serves CPU tensors (no compiler for harness.train.cpu_allocator,
 # or QLORA_BENCH_NATIVE=0): glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free
 # bytes (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold, by
@@ -373,7 +381,7 @@ def estimate_peak_memory(
         ),
     }
     if device.type == "cpu":
-        terms.update(cpu_terms(train, compute_bytes, batch_shapes))
+        terms.update(cpu_terms(train, compute_bytes, cpu_heap, batch_shapes))
     phases = step_phases(terms)
     if device.type == "cpu" and cpu_heap == "fast" and not cpu_tensors_from_malloc():
         peak = max(phases, key=phases.get)
@@ -423,13 +431,22 @@ def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
 RESIDENT = ("baseline_rss", "cpu_runtime", "kernel_cache", "quantized_weights", "unquantized_params")
 
 
-def cpu_terms(train, compute_bytes: int, batch_shapes: int | None = None) -> dict[str, int]:
-    """What a CPU job's resident set holds beyond its tensors: the runtime, and below fp32 oneDNN's kernels
-    for each distinct micro-batch shape (``batch_shapes``; unknown before a run: every micro-batch)."""
+def kernel_cache_bytes_per_shape(cpu_heap: str, amx: bool) -> int:
+    """What each new micro-batch shape adds below fp32: oneDNN's kernels for this CPU, and under the fast heap
+    the chunks the shape's tensors did not fit into."""
+    return KERNEL_CACHE_BYTES_PER_SHAPE["amx" if amx else "avx512"] + (
+        FAST_HEAP_BYTES_PER_SHAPE if cpu_heap == "fast" else 0
+    )
+
+
+def cpu_terms(train, compute_bytes: int, cpu_heap: str, batch_shapes: int | None = None) -> dict[str, int]:
+    """What a CPU job's resident set holds beyond its tensors: the runtime, and below fp32 what each distinct
+    micro-batch shape adds (``batch_shapes``; unknown before a run: every micro-batch)."""
     shapes = train.steps * train.grad_accum if batch_shapes is None else batch_shapes
+    per_shape = kernel_cache_bytes_per_shape(cpu_heap, cpu_has_amx())
     return {
         "cpu_runtime": CPU_RUNTIME_BYTES[4 if compute_bytes >= 4 else 2],
-        "kernel_cache": KERNEL_CACHE_BYTES_PER_SHAPE * shapes if compute_bytes < LORA_BYTES else 0,
+        "kernel_cache": per_shape * shapes if compute_bytes < LORA_BYTES else 0,
     }
 
 
