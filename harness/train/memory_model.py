@@ -62,7 +62,7 @@ CPU_RUNTIME_BYTES = {4: 45 * MIB, 2: 74 * MIB}
 # falling from 256, then again with oneDNN's primitive cache off (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0):
 # - oneDNN's compiled matmul kernels, whose size depends on the instructions they are compiled for: with AMX
 #   tiles ~13 MiB per shape (an Intel Xeon: 170 MiB over 8 new widths, ~60 % of it the cache), with AVX-512
-#   BF16 alone 6 MiB (an AMD EPYC: 89 MiB over 7 new widths with the cache, 47 without; 2026-12-08);
+#   BF16 alone 6 MiB (an AMD EPYC: 89 MiB over 7 new widths with the cache, 47 without; 2026-12-07);
 # - under cpu_heap=fast, heap the next shape's tensors did not fit into (6.7 MiB per shape on the EPYC, ~8.5
 #   on the Xeon); the lean heap unmaps those tensors on free.
 # Counted per distinct micro-batch shape a job trained; a plan, before any batch exists, counts every
