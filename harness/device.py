@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or "cpu"
 
 
+@functools.cache
+def instruction_flags() -> dict[str, bool]:
+    """The CPU's instruction-set flags as torch reads them (``{}`` on a torch without the probe); read once:
+    the memory model asks on every estimate."""
+    return torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+
+
 def native_bf16(cpu_flags: dict[str, bool], aten_capability: str, onednn_bf16: bool) -> bool:
     """Whether bf16 matmuls run in hardware: the CPU has the instructions (AVX-512 BF16 or AMX) *and*
     torch's kernels may use them. ATen's vectorised kernels must dispatch to AVX-512 (not capped by
@@ -51,7 +59,7 @@ def cpu_has_native_bf16() -> bool:
     AVX-512 BF16); on AVX2-only CPUs they are emulated and ~9x slower.
     """
     return native_bf16(
-        torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {},
+        instruction_flags(),
         torch.backends.cpu.get_cpu_capability(),
         torch.ops.mkldnn._is_mkldnn_bf16_supported(),
     )
@@ -60,8 +68,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX for bf16 (Intel Xeon since Sapphire Rapids): oneDNN's bf16 kernels there
     are tile kernels of their own, with a larger cache per shape (``harness.train.memory_model``)."""
-    flags = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(flags.get("amx_bf16"))
+    return bool(instruction_flags().get("amx_bf16"))
 
 
 def choose_compute_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
