@@ -8,8 +8,12 @@ pyplot state), saved as PNG and SVG.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -530,21 +534,50 @@ FIGURES: list[tuple[str, Callable[[PlotData], Figure | None], str]] = [
 
 
 def draw_figures(ok: pd.DataFrame, stats: Statistics | None, folder: Path) -> list[SavedFigure]:
-    """Draw every figure the results support into ``folder`` (PNG + SVG); stale files of the others go."""
+    """Draw every figure the results support into ``folder`` (PNG + SVG); stale files of the others go.
+
+    Each figure is drawn, checked and saved on its own (matplotlib's layout and the legibility pass take
+    most of a report's time, on one core): where the OS forks, :data:`FIGURE_WORKERS` processes share them.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     data = plot_data(ok, stats) if stats is not None else None
-    saved = []
+    tasks = [(index, data, folder) for index in range(len(FIGURES))]
+    with _figure_pool(len(tasks) if data is not None else 0) as pool:
+        drawn = list(pool.map(_draw_saved, tasks)) if pool is not None else [_draw_saved(t) for t in tasks]
+    for (name, _, _), saved in zip(FIGURES, drawn, strict=True):
+        if saved is None:
+            (folder / f"{name}.png").unlink(missing_ok=True)
+            (folder / f"{name}.svg").unlink(missing_ok=True)
+    return [saved for saved in drawn if saved is not None]
+
+
+# Processes drawing a report's figures: one per core, at most two (a report has about eight figures).
+FIGURE_WORKERS = min(2, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _figure_pool(figures: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Forked workers for ``figures`` figures, or None (draw in this process) where there is one core, one
+    figure or no fork: a fresh interpreter would spend longer importing matplotlib than it saves."""
+    if FIGURE_WORKERS < 2 or figures < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    with ProcessPoolExecutor(FIGURE_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
+
+
+def _draw_saved(task: tuple[int, PlotData | None, Path]) -> SavedFigure | None:
+    """Figure ``FIGURES[index]`` drawn, checked for legibility and saved as PNG and SVG; None when the
+    results do not support it."""
+    index, data, folder = task
+    name, draw, caption = FIGURES[index]
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
-        for name, draw, caption in FIGURES:
-            png, svg = folder / f"{name}.png", folder / f"{name}.svg"
-            fig = draw(data) if data is not None else None
-            if fig is None:
-                png.unlink(missing_ok=True)
-                svg.unlink(missing_ok=True)
-                continue
-            problems = fit_text(fig)
-            fig.set_layout_engine("none")  # saved as checked, and neither save lays it out again
-            fig.savefig(png, dpi=150)
-            fig.savefig(svg)
-            saved.append(SavedFigure(name, png, svg, caption, problems))
-    return saved
+        fig = draw(data) if data is not None else None
+        if fig is None:
+            return None
+        problems = fit_text(fig)
+        fig.set_layout_engine("none")  # saved as checked, and neither save lays it out again
+        png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+        fig.savefig(png, dpi=150)
+        fig.savefig(svg)
+    return SavedFigure(name, png, svg, caption, problems)
