@@ -263,7 +263,7 @@ def test_cpu_kernel_cache_grows_per_micro_batch_shape_below_fp32_only():
     assert "kernel_cache" not in cuda and "cpu_runtime" not in cuda
 
 
-def cpu_estimate(heap: str, batch: BatchShape) -> dict:
+def cpu_estimate(heap: str, batch: BatchShape, dtype: torch.dtype = torch.float32) -> dict:
     return estimate_peak_memory(
         SMOLLM2,
         QuantConfig(),
@@ -271,7 +271,7 @@ def cpu_estimate(heap: str, batch: BatchShape) -> dict:
         TrainConfig(),
         targets=ALL_LINEAR,
         batch=batch,
-        compute_dtype=torch.float32,
+        compute_dtype=dtype,
         device=CPU,
         cpu_heap=heap,
     )
@@ -279,18 +279,19 @@ def cpu_estimate(heap: str, batch: BatchShape) -> dict:
 
 @pytest.mark.parametrize(
     ("version", "factor"),
-    [((2, 36), HEAP_RETAINED_BEFORE_ALIGNED_REUSE), ((2, 41), HEAP_RETAINED), (None, 2.0)],
+    [((2, 36), HEAP_RETAINED_BEFORE_ALIGNED_REUSE), ((2, 41), HEAP_RETAINED[4]), (None, 2.0)],
 )
 def test_fast_heap_keeps_a_multiple_of_the_peak_transient_under_its_mmap_threshold(
     monkeypatch, version, factor
 ):
     """cpu_heap=fast under torch's own allocator (no compiler for the malloc one): the heap's free chunks at
     the peak, a multiple of the peak phase's transient tensors that depends on whether glibc reuses freed
-    aligned chunks (2.38+: HEAP_RETAINED; off glibc the larger); tensors of 32 MiB or more (here 512 rows of
-    fp32 logits, 96 MiB) get their own mapping and go back to the OS; lean returns everything."""
+    aligned chunks (2.38+: HEAP_RETAINED by compute dtype; off glibc the larger); tensors of 32 MiB or more
+    (here 512 rows of fp32 logits, 96 MiB) get their own mapping and go back to the OS; lean returns
+    everything."""
     monkeypatch.setattr(memory_model, "glibc_version", lambda: version)
     monkeypatch.setattr(memory_model, "cpu_tensors_from_malloc", lambda: False)
-    assert HEAP_RETAINED < HEAP_RETAINED_BEFORE_ALIGNED_REUSE == 2.0
+    assert HEAP_RETAINED[2] < HEAP_RETAINED[4] < HEAP_RETAINED_BEFORE_ALIGNED_REUSE == 2.0
     small_logits, large_logits = BatchShape(4, 256, 128), BatchShape(4, 256, 512)
     for batch in (small_logits, large_logits):
         lean, fast = cpu_estimate("lean", batch), cpu_estimate("fast", batch)
@@ -303,6 +304,10 @@ def test_fast_heap_keeps_a_multiple_of_the_peak_transient_under_its_mmap_thresho
     assert large["peak_phase"] == "loss"
     terms = large["terms"]
     assert terms["heap_retained"] == round(factor * terms["saved_activations"])  # not logits
+    lean, fast = (cpu_estimate(heap, small_logits, torch.bfloat16) for heap in ("lean", "fast"))
+    transient = sum(lean["terms"][t] for t in PHASE_TRANSIENTS[lean["peak_phase"]])
+    bf16_factor = HEAP_RETAINED[2] if version == (2, 41) else factor  # below 2.38 and off glibc: one factor
+    assert fast["terms"]["heap_retained"] == round(bf16_factor * transient)
 
 
 @pytest.mark.parametrize("version", [(2, 36), (2, 41)])

@@ -71,14 +71,16 @@ KERNEL_CACHE_BYTES_PER_SHAPE = {"amx": 13 * MIB, "avx512": 6 * MIB}
 FAST_HEAP_BYTES_PER_SHAPE = 7 * MIB
 # cpu_heap=fast where torch's own allocator serves CPU tensors (no compiler for harness.train.cpu_allocator,
 # or QLORA_BENCH_NATIVE=0): glibc keeps freed chunks below its 32 MiB mmap threshold resident; the heap's free
-# bytes (mallinfo2) at the peak, per byte of the peak phase's transient tensors under that threshold, by
-# whether the running glibc reuses freed aligned chunks (ALIGNED_REUSE_GLIBC). From 2.38 (SmolLM2 quickstart
-# jobs on glibc 2.41, docs/performance.md): fp32 held about 2 such bytes per transient byte above the
-# live-tensor terms, bf16 about none, for a reason not found (not MKL's buffer cache); 0.75, fitted to balance
-# the two, leaves each within ±11 %. Before 2.38: fitted on SmolLM2 in bf16 under glibc 2.36, whose stranded
-# chunks (heap_caveat) it partly absorbs. A GPT-NeoX's heap kept as much with few such tensors
-# (reports/plan/README.md): an open term.
-HEAP_RETAINED = 0.75
+# bytes at the peak, per byte of the peak phase's transient tensors under that threshold, by whether the
+# running glibc reuses freed aligned chunks (ALIGNED_REUSE_GLIBC). From 2.38, by compute bytes, fitted on
+# eight SmolLM2 quickstart NF4 jobs on glibc 2.41 (with and without checkpointing and evaluation;
+# docs/performance.md, 2026-12-08): bf16 held 0-150 MiB above the live-tensor terms (0.1x), fp32 230-370 MiB
+# whatever its transients (111-1,479 MiB), for a reason not found (not MKL's buffer cache): 0.5x leaves the
+# fp32 jobs at -14.8 to +13.7 %, the bf16 ones at -3.2 to +1.6 % (in sample), where one 0.75 for both had
+# put the jobs without checkpointing at +27 to +29 %. A term of this form does not fit fp32 well: an open
+# question. Before 2.38: fitted on SmolLM2 in bf16 under glibc 2.36, whose stranded chunks (heap_caveat) it
+# partly absorbs. A GPT-NeoX's heap kept as much with few such tensors (reports/plan/README.md).
+HEAP_RETAINED = {4: 0.5, 2: 0.1}
 HEAP_RETAINED_BEFORE_ALIGNED_REUSE = 2.0
 # Loss phase: the fp32 log-softmax output saved for backward, the gradient flowing into it and the gradient
 # it produces are alive together while the cross-entropy runs backward.
@@ -385,9 +387,8 @@ def estimate_peak_memory(
     phases = step_phases(terms)
     if device.type == "cpu" and cpu_heap == "fast" and not cpu_tensors_from_malloc():
         peak = max(phases, key=phases.get)
-        terms["heap_retained"] = round(
-            heap_retained_per_transient_byte() * heap_transient(terms, peak, shape, batch, compute_bytes)
-        )
+        transient = heap_transient(terms, peak, shape, batch, compute_bytes)
+        terms["heap_retained"] = round(heap_retained_per_transient_byte(compute_bytes) * transient)
         phases = {name: total + terms["heap_retained"] for name, total in phases.items()}
     peak = max(phases, key=phases.get)
     estimate = {"terms": terms, "phases": phases, "peak_phase": peak, "total": phases[peak]}
@@ -404,9 +405,12 @@ def reuses_aligned_chunks() -> bool | None:
     return None if version is None else version >= ALIGNED_REUSE_GLIBC
 
 
-def heap_retained_per_transient_byte() -> float:
-    """``HEAP_RETAINED`` for the running C library; off glibc, the larger (the estimate errs high)."""
-    return HEAP_RETAINED if reuses_aligned_chunks() else HEAP_RETAINED_BEFORE_ALIGNED_REUSE
+def heap_retained_per_transient_byte(compute_bytes: int) -> float:
+    """``HEAP_RETAINED`` for the running C library and the compute dtype's bytes; off glibc, the larger
+    (the estimate errs high)."""
+    if reuses_aligned_chunks():
+        return HEAP_RETAINED[4 if compute_bytes >= 4 else 2]
+    return HEAP_RETAINED_BEFORE_ALIGNED_REUSE
 
 
 def heap_caveat(device: torch.device, cpu_heap: str) -> str | None:
