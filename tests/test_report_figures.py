@@ -3,6 +3,7 @@ and every committed report rebuilt from its committed tables with legible figure
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 from pathlib import Path
 
@@ -114,6 +115,22 @@ def test_figures_drawn_in_forked_workers_are_the_ones_drawn_in_process(
     assert parallel.figure_problems == serial.figure_problems
     for drawn, alone in zip(parallel.figures, serial.figures, strict=True):
         assert drawn.read_bytes() == alone.read_bytes(), drawn.name
+
+
+def _report_in_daemon(out: str, done) -> None:
+    done.put(len(build_report([], out=out, from_report=REPORTS / "quickstart").figures))
+
+
+def test_a_daemonic_process_draws_the_figures_itself(tmp_path: Path) -> None:
+    """A daemonic process may not start children: there the report draws its figures in process instead of
+    failing (an AssertionError from multiprocessing before the check)."""
+    context = multiprocessing.get_context("fork")
+    done = context.Queue()
+    process = context.Process(target=_report_in_daemon, args=(str(tmp_path), done), daemon=True)
+    process.start()
+    process.join(timeout=300)
+    assert process.exitcode == 0
+    assert done.get(timeout=5) == len(list((REPORTS / "quickstart" / "figures").glob("*.png")))
 
 
 def test_no_report_file_names_an_absolute_machine_path() -> None:

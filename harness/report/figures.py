@@ -558,8 +558,14 @@ FIGURE_WORKERS = min(2, os.cpu_count() or 1)
 @contextlib.contextmanager
 def _figure_pool(figures: int) -> Iterator[ProcessPoolExecutor | None]:
     """Forked workers for ``figures`` figures, or None (draw in this process) where there is one core, one
-    figure or no fork: a fresh interpreter would spend longer importing matplotlib than it saves."""
-    if FIGURE_WORKERS < 2 or figures < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    figure, no fork (a fresh interpreter would spend longer importing matplotlib than it saves) or this is a
+    daemonic process (which may not start children)."""
+    if (
+        FIGURE_WORKERS < 2
+        or figures < 2
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or multiprocessing.current_process().daemon
+    ):
         yield None
         return
     with ProcessPoolExecutor(FIGURE_WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
