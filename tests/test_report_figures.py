@@ -128,9 +128,10 @@ def test_a_daemonic_process_draws_the_figures_itself(tmp_path: Path) -> None:
     done = context.Queue()
     process = context.Process(target=_report_in_daemon, args=(str(tmp_path), done), daemon=True)
     process.start()
-    process.join(timeout=300)
+    drawn = done.get(timeout=300)  # read before join: a child joins only once its queue is drained
+    process.join(timeout=30)
     assert process.exitcode == 0
-    assert done.get(timeout=5) == len(list((REPORTS / "quickstart" / "figures").glob("*.png")))
+    assert drawn == len(list((REPORTS / "quickstart" / "figures").glob("*.png")))
 
 
 def test_no_report_file_names_an_absolute_machine_path() -> None:
