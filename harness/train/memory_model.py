@@ -26,6 +26,7 @@ free chunks at the peak, which the measured runtime term covers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -399,6 +400,14 @@ def estimate_peak_memory(
     return estimate
 
 
+T = TypeVar("T")
+
+
+def by_precision(table: dict[int, T], compute_bytes: int) -> T:
+    """The entry of a constant measured per precision (keys 4: fp32, 2: bf16/fp16) for ``compute_bytes``."""
+    return table[4 if compute_bytes >= 4 else 2]
+
+
 def reuses_aligned_chunks() -> bool | None:
     """Whether the running glibc reuses a freed 64-byte-aligned chunk (2.38+); None off glibc."""
     version = glibc_version()
@@ -409,7 +418,7 @@ def heap_retained_per_transient_byte(compute_bytes: int) -> float:
     """``HEAP_RETAINED`` for the running C library and the compute dtype's bytes; off glibc, the larger
     (the estimate errs high)."""
     if reuses_aligned_chunks():
-        return HEAP_RETAINED[4 if compute_bytes >= 4 else 2]
+        return by_precision(HEAP_RETAINED, compute_bytes)
     return HEAP_RETAINED_BEFORE_ALIGNED_REUSE
 
 
@@ -449,7 +458,7 @@ def cpu_terms(train, compute_bytes: int, cpu_heap: str, batch_shapes: int | None
     shapes = train.steps * train.grad_accum if batch_shapes is None else batch_shapes
     per_shape = kernel_cache_bytes_per_shape(cpu_heap, cpu_has_amx())
     return {
-        "cpu_runtime": CPU_RUNTIME_BYTES[4 if compute_bytes >= 4 else 2],
+        "cpu_runtime": by_precision(CPU_RUNTIME_BYTES, compute_bytes),
         "kernel_cache": per_shape * shapes if compute_bytes < LORA_BYTES else 0,
     }
 
